@@ -1,0 +1,221 @@
+"""Typed run configuration: dataclasses loaded from YAML, overridden by ``key.sub=value``.
+
+Unknown keys and values of the wrong type are errors that name the key (nanoGPT's
+configurator check, with visible types).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    # One root for every shipped data file; CI's copy is read-only, so nothing is written there.
+    root: str = "../shared/data"
+    # Inputs of `dist-optical shard`, relative to `root`: two aligned files (FOREIGN ENGLISH), one TSV,
+    # or two verse-aligned Bible XMLs (FOREIGN ENGLISH).
+    bitext: list[str] = field(default_factory=lambda: ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"])
+    src_lang: str = "swh"
+    tgt_lang: str = "eng"
+    # Bible books never trained on (held out for evaluation), e.g. ["REV"].
+    exclude_books: list[str] = field(default_factory=lambda: ["REV"])
+    # Shard folder (relative to the repo root unless absolute); built on first use.
+    shards: str = "shards/swh-eng"
+    pairs_per_shard: int = 1000
+    max_chars: int = 1000
+    # Use only the first N pairs of the manifest order (0 = all): the low-resource budget knob.
+    max_pairs: int = 0
+    num_workers: int = 1
+    shuffle_buffer: int = 1000
+    on_error: str = "raise"
+
+
+@dataclass
+class ModelConfig:
+    # A packaged model name (see models.PACKAGED_MODELS) or a local Hugging Face folder.
+    teacher: str = "all-MiniLM-L6-v2"
+    # Empty: initialise the student from the teacher's weights.
+    student: str = ""
+    pooling: str = "mean"
+    max_length: int = 64
+    # Freeze the student's word embeddings (keeps the shared English vocabulary anchored).
+    freeze_embeddings: bool = False
+    # For tests: build a tiny BERT from this config instead of loading weights ({} = off).
+    tiny: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class OTConfig:
+    eps: float = 0.05
+    max_iters: int = 50
+    tol: float = 0.0  # 0 = run max_iters
+    cost: str = "cosine"  # cosine | sqeuclidean
+    marginals: str = "uniform"  # uniform | idf
+    grad: str = "envelope"  # envelope | unrolled
+    # Subtract each side's mean token before the cost: removes the shared "average token"
+    # direction that makes all cross-lingual costs nearly equal at the start.
+    center: bool = False
+
+
+@dataclass
+class ContrastiveConfig:
+    temperature: float = 0.05
+    symmetric: bool = True
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    # DeepSpeed JSON (relative to the repo root unless absolute); batch/lr/clip fields come from here.
+    deepspeed: str = "configs/ds/zero1.json"
+    precision: str = "fp32"  # fp32 | bf16
+    # Warn when the mean pairwise cosine of student sentence embeddings exceeds this.
+    collapse_threshold: float = 0.9
+
+
+@dataclass
+class EvalSet:
+    name: str = ""
+    queries: str = ""  # foreign side, relative to data.root
+    targets: str = ""  # English side
+    max_pairs: int = 0
+
+
+@dataclass
+class EvalConfig:
+    sets: list[EvalSet] = field(default_factory=list)
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Objective = weighted sum of named terms; known names: ot, contrastive, mse.
+    loss: dict[str, float] = field(default_factory=lambda: {"ot": 1.0, "contrastive": 1.0})
+    ot: OTConfig = field(default_factory=OTConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from a YAML file (optional) and ``key.sub=value`` overrides, in that order."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        raw = loaded or {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        _set_path(raw, key.strip().split("."), yaml.safe_load(text) if text.strip() else "")
+    return _build(Config, raw, str(path) if path is not None else "overrides")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping; ``prefix`` is the dotted key path so far."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: config key {prefix or '<top>'!r}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown config key {prefix + unknown[0]!r} (known here: {', '.join(sorted(names))})"
+        )
+    return cls(**{name: _coerce(hints[name], value, source, prefix + name) for name, value in raw.items()})
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: config key {key!r}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: config key {key!r}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(hint)
+        return {
+            _coerce(key_type, k, source, key): _coerce(value_type, v, source, f"{key}.{k}") for k, v in value.items()
+        }
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def repo_path(path: str | Path) -> Path:
+    """Resolve a path relative to the repository root (absolute paths pass through)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def data_path(cfg: Config, rel: str | Path) -> Path:
+    """Resolve a data file under the one configurable data root."""
+    rel = Path(rel)
+    return rel if rel.is_absolute() else repo_path(cfg.data.root) / rel
