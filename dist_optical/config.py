@@ -202,6 +202,11 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         }
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(
             f"{source}: config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
