@@ -1,0 +1,123 @@
+"""`dist-optical` entry points: run, shard, train, eval, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dist_optical.config import REPO_ROOT, ConfigError, load_config
+
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dist-optical", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the main job: shard (if needed), eval zero-shot, train, eval, print table")
+    _config_args(run)
+    run.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: %(default)s)")
+    run.add_argument("--resume", default="", help="'auto' or a checkpoints path")
+
+    shard = sub.add_parser("shard", help="write bitext to WebDataset shards + manifest.json")
+    shard.add_argument("inputs", nargs="+", type=Path, help="FOREIGN ENGLISH text/XML files, or one TSV")
+    shard.add_argument("--out", type=Path, required=True)
+    shard.add_argument("--pairs-per-shard", type=int, default=1000)
+    shard.add_argument("--max-shard-bytes", type=int, default=0, help="roll over on size too (0 = off)")
+    shard.add_argument("--max-chars", type=int, default=1000, help="drop pairs with a longer side")
+    shard.add_argument("--src-lang", default="xx")
+    shard.add_argument("--tgt-lang", default="eng")
+    shard.add_argument("--exclude-books", nargs="*", default=[], help="Bible books to hold out, e.g. REV")
+    shard.add_argument("--workers", type=int, default=1, help="writer processes")
+
+    train = sub.add_parser("train", help="train a student (any launcher: none, torchrun, deepspeed, SLURM)")
+    _config_args(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--resume", default="", help="'auto' (newest complete checkpoint, if any) or a path")
+
+    evaluate = sub.add_parser("eval", help="parallel-sentence retrieval metrics")
+    evaluate.add_argument("--model", required=True, help="exported model folder or packaged model name")
+    evaluate.add_argument("--queries", type=Path, required=True, help="foreign sentences, one a line")
+    evaluate.add_argument("--targets", type=Path, required=True, help="English translations, line-aligned")
+    evaluate.add_argument("--target-model", default="",
+                          help="encodes the targets (default: the teacher recorded in --model, else --model)")
+    evaluate.add_argument("--max-pairs", type=int, default=0)
+    evaluate.add_argument("--max-length", type=int, default=128)
+    evaluate.add_argument("--json", type=Path, help="write the metrics here")
+
+    export = sub.add_parser("export", help="consolidate a DeepSpeed checkpoint into a Hugging Face folder")
+    export.add_argument("checkpoint", type=Path, help="RUN/checkpoints or RUN/checkpoints/stepNNNNNN")
+    export.add_argument("out", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages or folders, never a hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"dist-optical {args.command}: error: {err}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from dist_optical.pipeline import run_pipeline
+
+    run_pipeline(load_config(args.config, args.overrides), args.out, args.resume)
+
+
+def _shard(args: argparse.Namespace) -> None:
+    from dist_optical.data import build_shards
+
+    manifest = build_shards(
+        args.inputs, args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+        pairs_per_shard=args.pairs_per_shard, max_shard_bytes=args.max_shard_bytes,
+        max_chars=args.max_chars, exclude_books=tuple(args.exclude_books), workers=args.workers,
+    )
+    print(f"{manifest['total_pairs']} pairs in {len(manifest['shards'])} shards -> {args.out / 'manifest.json'}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dist_optical.train import train
+
+    summary = train(load_config(args.config, args.overrides), args.out, args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from dist_optical.evaluate import Encoder, evaluate_parallel, format_table, read_lines
+    from dist_optical.models import exported_teacher
+
+    model = Encoder.load(args.model, args.max_length)
+    target_name = args.target_model or exported_teacher(args.model) or args.model
+    target_model = model if target_name == args.model else Encoder.load(target_name, args.max_length)
+    queries, targets = read_lines(args.queries, args.max_pairs), read_lines(args.targets, args.max_pairs)
+    if len(queries) != len(targets):
+        raise ValueError(f"{args.queries} has {len(queries)} lines but {args.targets} has {len(targets)}")
+    results = evaluate_parallel(model.embed(queries), target_model.embed(targets))
+    print(f"queries {args.queries.name} by {args.model}; targets {args.targets.name} by {target_name}")
+    print(format_table({args.model: {args.queries.stem: results}}, "src->tgt"))
+    print(format_table({args.model: {args.queries.stem: results}}, "tgt->src"))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from dist_optical.export import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.out))
+
+
+COMMANDS = {"run": _run, "shard": _shard, "train": _train, "eval": _eval, "export": _export}

@@ -1,0 +1,112 @@
+"""Cross-lingual retrieval: embed both sides, score by cosine, rank, and compute metrics.
+
+Metrics are pure functions of a ranking (the 1-based rank of each query's gold target), so
+they can be checked on hand-made cases and against a maintained library (ranx) in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from dist_optical.models import encode, load_encoder, load_tokenizer, special_ids, tokenize
+
+METRICS = ("acc@1", "mrr@10", "recall@10", "ndcg@10")
+
+
+def gold_ranks(scores: Tensor, gold: Tensor) -> Tensor:
+    """(Q, T) scores, (Q,) gold target index -> (Q,) 1-based rank of the gold target.
+
+    Ties count against the query (a gold target tied with another ranks below it), so a
+    degenerate model that scores everything equally cannot score well.
+    """
+    gold_scores = scores.gather(1, gold[:, None])
+    return (scores >= gold_scores).sum(1)
+
+
+def retrieval_metrics(ranks: Tensor, k: int = 10) -> dict[str, float]:
+    """Metrics for one relevant target per query, from its 1-based rank, in percent."""
+    ranks = ranks.double()
+    within = ranks <= k
+    return {
+        "acc@1": 100.0 * (ranks == 1).double().mean().item(),
+        f"mrr@{k}": 100.0 * torch.where(within, 1.0 / ranks, 0.0).mean().item(),
+        f"recall@{k}": 100.0 * within.double().mean().item(),
+        f"ndcg@{k}": 100.0 * torch.where(within, 1.0 / torch.log2(ranks + 1), 0.0).mean().item(),
+    }
+
+
+def read_lines(path: Path, limit: int = 0) -> list[str]:
+    """One sentence per line, UTF-8; a clear error names the file and line that is not."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid UTF-8 ({err.reason})") from err
+            if limit and len(lines) == limit:
+                break
+    return lines
+
+
+@dataclass
+class Encoder:
+    """A frozen model + tokenizer that turns texts into L2-normalised sentence embeddings."""
+
+    name: str
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 128
+    pooling: str = "mean"
+
+    @classmethod
+    def load(
+        cls, name_or_path: str, max_length: int = 128, pooling: str = "mean", tiny: dict[str, int] | None = None
+    ) -> Encoder:
+        """``tiny`` rebuilds the seeded random tiny BERT of a test config (the same one training used)."""
+        tokenizer = load_tokenizer(name_or_path)
+        model = load_encoder(name_or_path, tiny, vocab_size=len(tokenizer)).eval()
+        return cls(name_or_path, model, tokenizer, max_length, pooling)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64, desc: str = "embed") -> Tensor:
+        special = special_ids(self.tokenizer)
+        # Sort by length so each batch pads little; restore the order at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.model.config.hidden_size)
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < 512):
+            idx = order[start : start + batch_size]
+            batch = tokenize(self.tokenizer, [texts[i] for i in idx], self.max_length)
+            pooled = encode(self.model, batch["input_ids"], batch["attention_mask"], special, self.pooling).pooled
+            out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return out
+
+
+def evaluate_parallel(query_emb: Tensor, target_emb: Tensor) -> dict[str, dict[str, float]]:
+    """Line i of queries translates line i of targets; both directions, cosine scores."""
+    if len(query_emb) != len(target_emb):
+        raise ValueError(f"parallel evaluation needs aligned sides: {len(query_emb)} vs {len(target_emb)} lines")
+    gold = torch.arange(len(query_emb))
+    scores = query_emb @ target_emb.T
+    return {
+        "src->tgt": retrieval_metrics(gold_ranks(scores, gold)),
+        "tgt->src": retrieval_metrics(gold_ranks(scores.T, gold)),
+    }
+
+
+def format_table(rows: dict[str, dict[str, dict[str, dict[str, float]]]], direction: str = "src->tgt") -> str:
+    """rows: label -> eval set -> direction -> metrics; one Markdown table, a column block per set."""
+    sets = list(next(iter(rows.values())))
+    header = "| model | " + " | ".join(f"{s} {m}" for s in sets for m in ("acc@1", "mrr@10")) + " |"
+    lines = [header, "|" + "---|" * (1 + 2 * len(sets))]
+    for label, results in rows.items():
+        cells = [f"{results[s][direction][m]:.1f}" for s in sets for m in ("acc@1", "mrr@10")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
