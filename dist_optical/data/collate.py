@@ -1,0 +1,44 @@
+"""Turn a list of samples ``{key, src, tgt}`` into a batch dict; runs inside DataLoader workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..models import tokenize
+
+
+def collate_text(samples: list[dict[str, str]]) -> dict[str, list[str]]:
+    """The default collation: columns of strings, no tokenization."""
+    return {name: [s[name] for s in samples] for name in ("key", "src", "tgt")}
+
+
+class PairCollator:
+    """Text columns plus student-tokenized ``src`` and teacher-tokenized ``tgt``.
+
+    A plain class (not a closure) so that it pickles into DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        student_tokenizer: PreTrainedTokenizerBase,
+        teacher_tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+    ) -> None:
+        self.student_tokenizer = student_tokenizer
+        self.teacher_tokenizer = teacher_tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: list[dict[str, str]]) -> dict[str, Any]:
+        batch: dict[str, Any] = collate_text(samples)
+        for side, tokenizer in (("src", self.student_tokenizer), ("tgt", self.teacher_tokenizer)):
+            if samples:
+                encoded = tokenize(tokenizer, batch[side], self.max_length)
+            else:  # on_error="skip" can empty a batch; the step must still happen on every rank
+                empty = torch.zeros(0, 0, dtype=torch.long)
+                encoded = {"input_ids": empty, "attention_mask": empty}
+            batch[f"{side}_input_ids"] = encoded["input_ids"]
+            batch[f"{side}_attention_mask"] = encoded["attention_mask"]
+        return batch

@@ -1,0 +1,257 @@
+"""Deterministic, partitioned streaming over bitext shards (after mosaicml/streaming).
+
+Global order: for each (seed, epoch) the pairs form one sequence that does not depend on the number
+of ranks R or workers W: the shard order is permuted, the shards' pairs are concatenated (manifest
+order inside a shard), and the sequence is shuffled inside consecutive blocks of ``shuffle_buffer``
+pairs (a bounded shuffle: a worker holds only the few shards a block spans).
+
+Partition (``partition``, a pure function): starting at global position ``start``, global step t takes
+the next R*B pairs and rank r gets slice [r*B, (r+1)*B) of it. Rank r's step t is produced by worker
+t % W, as whole batches, so DataLoader's round-robin over workers returns steps in order. Resuming is
+just a new ``start``; because the order is global, a different R, W or B on resume still sees every
+pair of the epoch exactly once.
+
+Remainder policy: the last (N - start) mod (R*B) pairs of an epoch's order (< one global batch) are
+dropped, with a warning, so every rank takes the same number of steps (no rank waits on a collective
+that others never reach). The order is reshuffled each epoch, so a different tail is dropped each time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.shardlists import expand_urls
+
+from .shards import MANIFEST, ShardReadError, load_manifest, read_shard
+
+logger = logging.getLogger(__name__)
+
+Sample = dict[str, str]
+ON_ERROR = ("raise", "skip")
+
+
+class ShardError(ValueError):
+    """A bad sample or shard; ``kind`` (corrupt_shard, missing_field, bad_utf8) keys the skip counts."""
+
+    def __init__(self, message: str, kind: str = "corrupt_shard") -> None:
+        super().__init__(message)  # one argument: DataLoader re-raises worker errors as type(err)(msg)
+        self.kind = kind
+
+
+def partition(
+    num_samples: int,
+    start: int,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    num_workers: int = 1,
+    worker: int = 0,
+) -> np.ndarray:
+    """Positions in the epoch's global order that (rank, worker) reads: (steps of this worker, B).
+
+    Step t covers positions start + t*R*B + [0, R*B); rank r takes [r*B, (r+1)*B) of it and worker
+    t % W produces it. Only whole global steps are formed (the remainder policy in the module doc).
+    """
+    steps = (num_samples - start) // (world_size * batch_size)
+    t = np.arange(worker, steps, num_workers, dtype=np.int64)
+    return start + (t * world_size + rank)[:, None] * batch_size + np.arange(batch_size, dtype=np.int64)
+
+
+class ShardStream(IterableDataset):
+    """Pairs from shards, exactly once per epoch across ranks x DataLoader workers.
+
+    ``manifest_path``: a manifest.json, a shard folder holding one, or a webdataset URL pattern
+    (``shards/swa-{000000..000127}.tar``, ``pipe:cat x.tar``). Pattern mode has no manifest, so the
+    shards are read once at construction to count their pairs; after that it behaves the same.
+
+    Iterating the stream directly yields samples ``{key, src, tgt}`` of epoch ``set_epoch(e)`` from the
+    start. Training should use ``ShardLoader``, which batches, counts consumption and resumes.
+    """
+
+    def __init__(
+        self,
+        manifest_path: str | Path,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        on_error: str = "raise",
+        max_pairs: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle, self.shuffle_buffer, self.on_error = shuffle, max(1, shuffle_buffer), on_error
+        self.epoch = 0
+        self.urls, counts = self._resolve(manifest_path)
+        total = int(sum(counts))
+        self.num_pairs = min(total, max_pairs) if max_pairs > 0 else total
+        # max_pairs keeps the first N pairs of the manifest order: cut the shard counts to them.
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.counts = np.clip(self.num_pairs - offsets[:-1], 0, counts).astype(np.int64)
+        self.full_counts = np.asarray(counts, dtype=np.int64)
+        self.offsets = offsets[:-1]
+
+    def _resolve(self, source: str | Path) -> tuple[list[str], list[int]]:
+        source = str(source)
+        path = Path(source)
+        if path.is_dir() or source.endswith(".json"):
+            manifest_path = path / MANIFEST if path.is_dir() else path
+            if not manifest_path.is_file():
+                raise FileNotFoundError(f"shard manifest not found: {manifest_path}")
+            manifest = load_manifest(manifest_path)
+            urls = [str(manifest_path.parent / s["name"]) for s in manifest["shards"]]
+            self._check_files(urls, [s["bytes"] for s in manifest["shards"]])
+            return urls, [s["pairs"] for s in manifest["shards"]]
+        urls = expand_urls(source)
+        self._check_files(urls, [None] * len(urls))
+        return urls, [sum(1 for _ in read_shard(url)) for url in urls]
+
+    def _check_files(self, urls: list[str], sizes: list[int | None]) -> None:
+        """Fail before training starts: a missing shard would otherwise surface hours in."""
+        for url, size in zip(urls, sizes, strict=True):
+            if url.startswith("pipe:") or "://" in url:
+                continue
+            path = Path(url.removeprefix("file:"))
+            if not path.is_file():
+                raise FileNotFoundError(f"shard not found: {path}")
+            if size is not None and path.stat().st_size != size:
+                actual = path.stat().st_size
+                msg = f"shard {path}: {actual} bytes, manifest says {size} (truncated or replaced?)"
+                if self.on_error == "raise":
+                    raise ShardError(msg)
+                logger.warning("%s; its bad samples will be skipped", msg)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The epoch's global order: manifest sample ids (0..total-1), a pure function of (seed, epoch)."""
+        shards = np.flatnonzero(self.counts)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle:
+            shards = rng.permutation(shards)
+        order = (
+            np.concatenate([self.offsets[s] + np.arange(self.counts[s]) for s in shards])
+            if len(shards)
+            else (np.zeros(0, dtype=np.int64))
+        )
+        if self.shuffle:
+            for lo in range(0, len(order), self.shuffle_buffer):
+                block = order[lo : lo + self.shuffle_buffer]
+                order[lo : lo + self.shuffle_buffer] = rng.permutation(block)
+        return order
+
+    def iter_batches(
+        self, epoch: int, start: int, batch_size: int, worker: int = 0, num_workers: int = 1
+    ) -> Iterator[tuple[list[Sample], Counter]]:
+        """This (rank, worker)'s batches of ``epoch`` from global position ``start``, each with the
+        error counts met while reading it. With on_error="skip" a batch can be short (even empty):
+        it is still yielded so that every rank takes the same number of steps."""
+        ids = self.epoch_order(epoch)[
+            partition(self.num_pairs, start, batch_size, self.world_size, self.rank, num_workers, worker)
+        ]
+        reader = _ShardCache(self, ids.ravel())
+        for batch_ids in ids:
+            samples, errors = [], Counter()
+            for sample_id in batch_ids:
+                try:
+                    samples.append(reader.get(int(sample_id)))
+                except ShardError as err:
+                    if self.on_error == "raise":
+                        raise
+                    errors[err.kind] += 1
+                    logger.debug("skipped: %s", err)
+            yield samples, errors
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Sample]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        errors: Counter = Counter()
+        for samples, batch_errors in self.iter_batches(self.epoch, 0, 1, worker, num_workers):
+            errors.update(batch_errors)
+            yield from samples
+        if errors:
+            logger.warning(
+                "rank %d worker %d epoch %d: skipped %s", self.rank, worker, self.epoch, dict(errors)
+            )
+
+    def __len__(self) -> int:
+        """Pairs this rank sees per epoch (sample granularity, as used by ``__iter__``)."""
+        return self.num_pairs // self.world_size
+
+    def state(self) -> dict[str, Any]:
+        """What fixes the global order; a resume state from another order must be refused."""
+        return {
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_buffer": self.shuffle_buffer,
+            "num_pairs": self.num_pairs,
+        }
+
+
+class _ShardCache:
+    """Loads whole shards on first use and frees each after the last sample this worker needs from it;
+    with the block shuffle that keeps ~shuffle_buffer/pairs_per_shard + 2 shards in memory."""
+
+    def __init__(self, stream: ShardStream, ids: np.ndarray) -> None:
+        self.stream = stream
+        self.shard_of = np.searchsorted(stream.offsets, ids, side="right") - 1
+        self.last_use = {int(s): i for i, s in enumerate(self.shard_of)}
+        self.loaded: dict[int, tuple[list[dict[str, Any]], str | None]] = {}
+        self.position = 0
+
+    def get(self, sample_id: int) -> Sample:
+        shard = int(self.shard_of[self.position])
+        if shard not in self.loaded:
+            self.loaded[shard] = self._load(shard)
+        samples, failure = self.loaded[shard]
+        if self.last_use[shard] == self.position:
+            del self.loaded[shard]
+        self.position += 1
+        local = sample_id - int(self.stream.offsets[shard])
+        url = self.stream.urls[shard]
+        if local >= len(samples):
+            raise ShardError(f"shard {url}: pair {local} unreadable ({failure})", "corrupt_shard")
+        return _decode(samples[local], url)
+
+    def _load(self, shard: int) -> tuple[list[dict[str, Any]], str | None]:
+        url, expected = self.stream.urls[shard], int(self.stream.full_counts[shard])
+        samples: list[dict[str, Any]] = []
+        failure = None
+        try:
+            for sample in read_shard(url):
+                samples.append(sample)
+        except ShardReadError as err:
+            failure = str(err)
+        if failure is None and len(samples) != expected:
+            last = samples[-1]["__key__"] if samples else None
+            failure = f"holds {len(samples)} pairs, manifest says {expected}; last key {last!r}"
+            if len(samples) > expected:  # more than listed: the shard was replaced, trust none of it
+                samples = []
+        return samples, failure
+
+
+def _decode(sample: dict[str, Any], url: str) -> Sample:
+    key = sample["__key__"]
+    out = {}
+    for name, field in (("key", "id.txt"), ("src", "src.txt"), ("tgt", "tgt.txt")):
+        if field not in sample:
+            raise ShardError(f"shard {url}: sample {key!r} has no {field}", "missing_field")
+        try:
+            out[name] = sample[field].decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ShardError(
+                f"shard {url}: sample {key!r}: {field} is not valid UTF-8 ({err.reason})", "bad_utf8"
+            ) from err
+    return out
