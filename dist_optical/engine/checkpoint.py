@@ -88,7 +88,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     for dotted in RESUME_SENSITIVE:
         old, new = saved, current
         for part in dotted.split("."):
-            old, new = old.get(part), new.get(part)
+            old, new = (old or {}).get(part), (new or {}).get(part)
         if old != new:
             raise ValueError(
                 f"cannot resume: config field {dotted!r} changed since the checkpoint ({old!r} -> {new!r}); "
