@@ -25,6 +25,7 @@ from dist_optical.data.prepare import ensure_shards
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, wrap_student
+from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 from dist_optical.export import export_checkpoint
 from dist_optical.losses import Objective
 from dist_optical.models import (
@@ -115,6 +116,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
             "world_size": env.world_size,
         }
 
+    stop = StopRequest().install()
     batches = iter(loader)
     samples_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * env.world_size
     progress = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
@@ -154,6 +156,11 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
                     "step %d: student sentence embeddings are collapsing (mean pairwise cosine %.3f > %.2f)",
                     step + 1, metrics["collapse/student_cos"], cfg.train.collapse_threshold,
                 )
+        if stop.agreed():
+            checkpoint.save(engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last)
+            logger.close()
+            log.warning("checkpointed at step %d after a stop signal; exiting %d", step + 1, PREEMPTED_EXIT_CODE)
+            raise SystemExit(PREEMPTED_EXIT_CODE)
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
             checkpoint.save(engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last)
 

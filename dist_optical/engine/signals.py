@@ -1,0 +1,39 @@
+"""Preemption: a signal only sets a flag; the loop checks it at step boundaries, saves, and exits.
+
+Saving inside a signal handler could interrupt a collective half-way; a flag keeps every rank's
+save at the same step. The flag is agreed across ranks (max all-reduce) so they stop together.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+
+log = logging.getLogger("dist_optical.signals")
+
+# Exit status after a signal-triggered checkpoint: EX_TEMPFAIL, "try again" (resume with --resume auto).
+PREEMPTED_EXIT_CODE = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> StopRequest:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        log.warning("received %s: will checkpoint and exit at the next step boundary", signal.Signals(signum).name)
+
+    def agreed(self) -> bool:
+        """True on every rank if any rank was signalled (one tiny all-reduce per step)."""
+        flag = torch.tensor([1.0 if self.signum is not None else 0.0])
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
