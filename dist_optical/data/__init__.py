@@ -3,7 +3,7 @@
 from .bitext import Pair, read_bible_verses, read_bitext
 from .collate import PairCollator
 from .loader import ShardLoader
-from .shards import build_shards, ensure_shards, shards_ready
+from .shards import build_shards, shards_ready
 from .stream import ShardStream
 
 __all__ = [
@@ -12,7 +12,6 @@ __all__ = [
     "ShardLoader",
     "ShardStream",
     "build_shards",
-    "ensure_shards",
     "read_bible_verses",
     "read_bitext",
     "shards_ready",

@@ -282,13 +282,6 @@ def shards_ready(out_dir: Path | str, inputs: Sequence[Path | str], **build_args
     )
 
 
-def ensure_shards(inputs: Sequence[Path | str], out_dir: Path | str, **build_args: Any) -> dict[str, Any]:
-    """Build the shards unless ``shards_ready``; returns the manifest. Call on one rank, then barrier."""
-    if shards_ready(out_dir, inputs, **build_args):
-        return load_manifest(out_dir)
-    return build_shards(inputs, out_dir, **build_args)
-
-
 def read_shard(url: str) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__`` plus field bytes) of one shard in tar order, via webdataset's tar
     iterator, so local paths, ``file:`` and ``pipe:`` URLs all work. A tar that breaks mid-way raises
