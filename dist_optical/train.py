@@ -40,9 +40,9 @@ from dist_optical.models import (
 log = logging.getLogger("dist_optical.train")
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Per-rank RNG is a pure function of (seed, rank, step), so resume needs no RNG snapshot."""
-    return (seed * 1_000_003 + rank * 10_007 + step) % (2**63)
+def step_seed(seed: int, rank: int, micro_step: int) -> int:
+    """Per-rank RNG is a pure function of (seed, rank, micro-step), so resume needs no RNG snapshot."""
+    return (seed * 1_000_003 + rank * 10_007 + micro_step) % (2**63)
 
 
 def build_models(cfg: Config):
@@ -88,7 +88,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         num_workers=cfg.data.num_workers,
     )
     objective = Objective(
-        cfg.loss, cfg.ot, cfg.contrastive, gather=all_gather_with_grad if env.world_size > 1 else None
+        cfg.loss, cfg.ot, cfg.contrastive, gather=all_gather_with_grad if env.world_size > 1 else None, rank=env.rank
     )
 
     ckpt_dir = out / "checkpoints"
@@ -124,10 +124,12 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     engine.train()
     for step in progress:
         t0 = time.perf_counter()
-        torch.manual_seed(step_seed(cfg.train.seed, env.rank, step))
         totals: dict[str, float] = {}
-        for _ in range(cfg.train.grad_accum):
+        for micro in range(cfg.train.grad_accum):
             batch = next(batches)
+            # Seed after fetching: a new epoch's DataLoader draws from the global RNG, and dropout
+            # must not depend on when that happens (it differs between a resumed and a straight run).
+            torch.manual_seed(step_seed(cfg.train.seed, env.rank, step * cfg.train.grad_accum + micro))
             with torch.no_grad():
                 english = encode(teacher, batch["tgt_input_ids"].to(device),
                                  batch["tgt_attention_mask"].to(device), teacher_special, cfg.model.pooling)

@@ -1,0 +1,79 @@
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from dist_optical.engine.signals import PREEMPTED_EXIT_CODE
+
+from .helpers import cli_env, read_metrics, run_train, train_cmd
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    run_train(out, "train.max_steps=24", "train.save_every=8")
+    return out
+
+
+def test_tiny_training_lowers_the_loss_and_exports(uninterrupted):
+    metrics = read_metrics(uninterrupted)
+    assert [m["step"] for m in metrics] == list(range(1, 25))
+    for name in ("loss", "lr", "samples_per_s", "loss/ot", "loss/contrastive", "collapse/student_cos"):
+        assert all(name in m for m in metrics), name
+    first = sum(m["loss"] for m in metrics[:8]) / 8  # first epoch
+    last = sum(m["loss"] for m in metrics[-8:]) / 8  # third epoch over the same 64 pairs
+    assert last < 0.9 * first, (first, last)
+    model = AutoModel.from_pretrained(uninterrupted / "model")
+    assert model.config.hidden_size == 32
+    meta = json.loads((uninterrupted / "model" / "dist_optical.json").read_text())
+    assert meta["teacher"] == "all-MiniLM-L6-v2"
+    assert (uninterrupted / "config.yaml").is_file()
+    assert any((uninterrupted / "tb").iterdir())
+
+
+def test_teacher_is_frozen_and_not_in_the_optimizer(uninterrupted):
+    """The exported student moved; the teacher (seeded tiny init) did not enter the checkpoint's optimizer."""
+    ckpt = uninterrupted / "checkpoints"
+    tag = (ckpt / "latest").read_text()
+    states = torch.load(ckpt / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    n_student = sum(v.numel() for v in states["module"].values())
+    optim = torch.load(next((ckpt / tag).glob("*optim_states.pt")), map_location="cpu", weights_only=False)
+    flat = optim["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+    assert sum(p.numel() for p in flat) == n_student  # exactly the student's parameters, nothing more
+
+
+def test_kill_minus_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(out, "train.max_steps=24", "train.save_every=8"), env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once step 12 is logged (after the step-8 checkpoint)
+        if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 12:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert (out / "checkpoints" / "latest").read_text() in ("step000008", "step000016")
+    run_train(out, "train.max_steps=24", "train.save_every=8", resume="auto")
+    resumed, full = read_metrics(out), read_metrics(uninterrupted)
+    assert [m["step"] for m in resumed] == list(range(1, 25))
+    # bit-exact on CPU fp32: same data position, same per-step RNG, same optimizer state
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in full]
+
+
+def test_sigterm_checkpoints_and_exits_75(tmp_path):
+    out = tmp_path / "term"
+    proc = subprocess.Popen(train_cmd(out, "train.max_steps=400"), env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-2000:]
+    tag = (out / "checkpoints" / "latest").read_text()
+    assert int(tag.removeprefix("step")) == len(read_metrics(out)) >= 3
