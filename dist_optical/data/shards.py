@@ -51,6 +51,10 @@ _CONTENT_ARGS = (
 class ShardReadError(ValueError):
     """A shard that cannot be read to its end; the message names the shard and the last good key."""
 
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"shard {url}: {detail}")
+        self.detail = detail
+
 
 def safe_key(key: str) -> str:
     """A webdataset-safe ``__key__``: webdataset splits file names on the first dot, so ``b.MAT.1.1``
@@ -296,4 +300,4 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
                 yield sample
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:
         where = f"after key {last!r}" if last else "before the first sample"
-        raise ShardReadError(f"shard {url}: unreadable {where}: {err}") from err
+        raise ShardReadError(url, f"unreadable {where}: {err}") from err

@@ -202,7 +202,7 @@ class ShardStream(IterableDataset):
 
 class _ShardCache:
     """Loads whole shards on first use and frees each after the last sample this worker needs from it;
-    with the block shuffle that keeps ~shuffle_buffer/pairs_per_shard + 2 shards in memory."""
+    with the block shuffle that keeps about 2 * shuffle_buffer / pairs_per_shard + 2 shards in memory."""
 
     def __init__(self, stream: ShardStream, ids: np.ndarray) -> None:
         self.stream = stream
@@ -222,7 +222,7 @@ class _ShardCache:
         local = sample_id - int(self.stream.offsets[shard])
         url = self.stream.urls[shard]
         if local >= len(samples):
-            raise ShardError(f"shard {url}: pair {local} unreadable ({failure})", "corrupt_shard")
+            raise ShardError(f"shard {url}: pair {local} unreadable: {failure}", "corrupt_shard")
         return _decode(samples[local], url)
 
     def _load(self, shard: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -233,7 +233,7 @@ class _ShardCache:
             for sample in read_shard(url):
                 samples.append(sample)
         except ShardReadError as err:
-            failure = str(err)
+            failure = err.detail
         if failure is None and len(samples) != expected:
             last = samples[-1]["__key__"] if samples else None
             failure = f"holds {len(samples)} pairs, manifest says {expected}; last key {last!r}"

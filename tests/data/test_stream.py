@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dist_optical.data import ShardLoader, ShardStream, build_shards
 from dist_optical.data.shards import read_shard
@@ -71,8 +73,16 @@ def test_shards_are_uneven(shard_dir):
     assert len(counts) >= 7 and len(set(counts)) > 2 and sum(counts) == N_PAIRS
 
 
-@pytest.mark.parametrize(("num", "start", "world", "batch", "workers"), [(203, 0, 2, 4, 2), (50, 7, 3, 5, 4)])
-def test_partition_covers_whole_steps_once(num, start, world, batch, workers):
+@settings(max_examples=200, deadline=None)
+@given(
+    num=st.integers(1, 500),
+    start_frac=st.floats(0, 1),
+    world=st.integers(1, 8),
+    batch=st.integers(1, 40),
+    workers=st.integers(1, 5),
+)
+def test_partition_covers_whole_steps_once(num, start_frac, world, batch, workers):
+    start = int(start_frac * num)
     parts = [partition(num, start, batch, world, r, workers, w) for r in range(world) for w in range(workers)]
     positions = np.concatenate([p.ravel() for p in parts])
     steps = (num - start) // (world * batch)
@@ -159,6 +169,34 @@ def test_resume_matches_uninterrupted_run(shard_dir):
     resumed = ShardLoader(ShardStream(shard_dir, rank=1, world_size=2), 4, num_workers=2)
     resumed.load_state_dict(first.state_dict())
     assert head + [b["key"] for b in take(resumed, 23)] == reference
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stop=st.integers(0, 30),
+    world=st.integers(1, 4),
+    batch=st.integers(1, 9),
+    new_world=st.integers(1, 4),
+    new_batch=st.integers(1, 9),
+)
+def test_resume_anywhere_property(shard_dir, stop, world, batch, new_world, new_batch):
+    """Stop after any number of steps, resume with any R and B: the epoch is a prefix of the order."""
+    loaders = [
+        ShardLoader(ShardStream(shard_dir, rank=r, world_size=world, seed=2), batch) for r in range(world)
+    ]
+    stop = min(stop, loaders[0].steps_per_epoch)
+    before = [k for loader in loaders for b in take(loader, stop) for k in b["key"]]
+    after = [
+        k
+        for bs in epoch_keys(new_world, new_batch, shard_dir, 0, loaders[0].state_dict(), seed=2)
+        for b in bs
+        for k in b
+    ]
+    union = before + after
+    all_keys = manifest_keys(shard_dir)
+    order = ShardStream(shard_dir, seed=2).epoch_order(0)
+    assert len(union) == len(set(union)) and set(union) == {all_keys[i] for i in order[: len(union)]}
+    assert N_PAIRS - len(union) < new_world * new_batch
 
 
 def test_state_from_another_order_is_refused(shard_dir):
