@@ -66,12 +66,22 @@ def partition(
 class ShardStream(IterableDataset):
     """Pairs from shards, exactly once per epoch across ranks x DataLoader workers.
 
-    ``manifest_path``: a manifest.json, a shard folder holding one, or a webdataset URL pattern
-    (``shards/swa-{000000..000127}.tar``, ``pipe:cat x.tar``). Pattern mode has no manifest, so the
-    shards are read once at construction to count their pairs; after that it behaves the same.
+    Args:
+        manifest_path: a manifest.json, a shard folder holding one, or a webdataset URL pattern
+            (``shards/swa-{000000..000127}.tar``, ``pipe:cat x.tar``, several joined by ``::``).
+            Pattern mode has no manifest, so the shards are read once at construction (on every rank)
+            to count their pairs; after that everything (order, partition, resume) works the same,
+            but nothing checks sizes up front and a shard that changes between the scan and the read
+            shows up as corrupt. Every local shard must exist at construction (FileNotFoundError).
+        rank, world_size: this process's data-parallel rank and the number of ranks.
+        seed, shuffle, shuffle_buffer: the global order (module doc); shuffle=False = manifest order.
+        on_error: "raise" stops on a bad sample naming shard and key; "skip" drops it and counts it
+            (``ShardLoader.error_counts()``).
+        max_pairs: > 0 uses only the first N pairs of the manifest order (low-resource budget).
 
-    Iterating the stream directly yields samples ``{key, src, tgt}`` of epoch ``set_epoch(e)`` from the
-    start. Training should use ``ShardLoader``, which batches, counts consumption and resumes.
+    Samples are ``{key, src, tgt}`` strings. Iterating the stream directly yields epoch
+    ``set_epoch(e)`` from its start; training should use ``ShardLoader``, which batches, counts
+    consumption and resumes.
     """
 
     def __init__(
@@ -138,10 +148,8 @@ class ShardStream(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch])
         if self.shuffle:
             shards = rng.permutation(shards)
-        order = (
-            np.concatenate([self.offsets[s] + np.arange(self.counts[s]) for s in shards])
-            if len(shards)
-            else (np.zeros(0, dtype=np.int64))
+        order = np.concatenate(
+            [np.zeros(0, np.int64)] + [self.offsets[s] + np.arange(self.counts[s]) for s in shards]
         )
         if self.shuffle:
             for lo in range(0, len(order), self.shuffle_buffer):
@@ -243,15 +251,18 @@ class _ShardCache:
 
 
 def _decode(sample: dict[str, Any], url: str) -> Sample:
+    # id.txt holds the original key (dots and all); shards written elsewhere may only have __key__.
+    key = _text(sample, "id.txt", url) if "id.txt" in sample else sample["__key__"]
+    return {"key": key, "src": _text(sample, "src.txt", url), "tgt": _text(sample, "tgt.txt", url)}
+
+
+def _text(sample: dict[str, Any], field: str, url: str) -> str:
     key = sample["__key__"]
-    out = {}
-    for name, field in (("key", "id.txt"), ("src", "src.txt"), ("tgt", "tgt.txt")):
-        if field not in sample:
-            raise ShardError(f"shard {url}: sample {key!r} has no {field}", "missing_field")
-        try:
-            out[name] = sample[field].decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ShardError(
-                f"shard {url}: sample {key!r}: {field} is not valid UTF-8 ({err.reason})", "bad_utf8"
-            ) from err
-    return out
+    if field not in sample:
+        raise ShardError(f"shard {url}: sample {key!r} has no {field}", "missing_field")
+    try:
+        return sample[field].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ShardError(
+            f"shard {url}: sample {key!r}: {field} is not valid UTF-8 ({err.reason})", "bad_utf8"
+        ) from err

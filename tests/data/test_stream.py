@@ -338,3 +338,15 @@ def test_two_real_processes(shard_dir, tmp_path):
     assert per_rank == epoch_keys(2, 4, shard_dir)
     seen = Counter(k for batches in per_rank for b in batches for k in b)
     assert len(seen) == N_PAIRS - N_PAIRS % 8 and max(seen.values()) == 1
+
+
+def test_foreign_webdataset_shard_without_id_txt(tmp_path):
+    from webdataset.writer import TarWriter
+
+    with TarWriter(str(tmp_path / "other-000000.tar")) as writer:
+        for i in range(6):
+            writer.write({"__key__": f"s{i}", "src.txt": f"jambo {i}", "tgt.txt": f"hello {i}"})
+    (batch,) = take(
+        ShardLoader(ShardStream(str(tmp_path / "other-{000000..000000}.tar"), shuffle=False), 6), 1
+    )
+    assert batch["key"] == [f"s{i}" for i in range(6)] and batch["tgt"][5] == "hello 5"
