@@ -1,0 +1,225 @@
+"""Batched, masked, log-stabilised Sinkhorn for entropic optimal transport.
+
+Solves, for each item of a batch, POT's problem (``reg`` = eps, histograms a and b)
+
+    P = argmin_P <P, C> + eps * sum_ij P_ij log P_ij   s.t.  P 1 = a,  P^T 1 = b,  P >= 0
+
+whose solution is P_ij = exp((f_i + g_j - C_ij) / eps) for dual potentials f (B, n), g (B, m).
+
+Algorithm (Schmitzer's absorption, arXiv 1610.06519): the first iteration, and every step of
+an optional epsilon schedule, is an exact log-domain (logsumexp) update of f and g. The
+remaining iterations are cheap exp-domain scaling updates u <- a / (K v), v <- b / (K^T u) on
+the kernel K = exp((f + g - C) / eps), done as batched matrix-vector products; every
+``check_every`` iterations the scalings are absorbed into the potentials (f += eps log u,
+g += eps log v) and K is rebuilt, which keeps all numbers in range even for small eps. With
+exact arithmetic the iterates are those of ``ot.bregman.sinkhorn_log`` (v then u), one for one.
+
+Padding (a_i = 0 or b_j = 0) is masked: its potentials stay 0 and its logits are a large
+finite negative number, so the plan is exactly 0 there and no logsumexp ever sees a row of
+-inf (which would give NaN gradients in unrolled mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import Tensor
+
+GRAD_MODES = ("envelope", "unrolled")
+
+
+def epsilon_schedule(eps: float, start: float, scaling: float) -> list[float]:
+    """Geometric schedule from ``start`` down to ``eps`` (GeomLoss' epsilon-scaling).
+
+    Returns [start, start * scaling, start * scaling**2, ..., eps]: every value above eps, then
+    eps itself. ``scaling`` in (0, 1) is the ratio between consecutive values; a start at or
+    below eps gives [eps].
+    """
+    if not 0.0 < scaling < 1.0:
+        raise ValueError(f"eps_scaling must be in (0, 1), got {scaling}")
+    if start <= eps:
+        return [eps]
+    steps = math.ceil(math.log(eps / start) / math.log(scaling))
+    return [start * scaling**k for k in range(steps)] + [eps]
+
+
+def plan_entropy(plan: Tensor) -> Tensor:
+    """(B, n, m) -> (B,): Shannon entropy -sum P log P of each plan (0 log 0 = 0)."""
+    return torch.special.entr(plan).sum(dim=(1, 2))
+
+
+def marginal_error(plan: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """(B, n, m), (B, n), (B, m) -> (B,): L1 violation of both marginals, |P 1 - a| + |P^T 1 - b|."""
+    rows = (plan.sum(dim=2) - a).abs().sum(dim=1)
+    cols = (plan.sum(dim=1) - b).abs().sum(dim=1)
+    return rows + cols
+
+
+def sinkhorn(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    eps: float,
+    max_iters: int = 100,
+    tol: float | None = None,
+    check_every: int = 10,
+    grad: str = "envelope",
+    eps_scaling: float | None = None,
+) -> Tensor:
+    """Entropic OT plans for a batch of (padded) problems.
+
+    Args:
+        cost: (B, n, m) cost matrices; fp64 is solved in fp64, anything else (fp32, bf16, fp16)
+            in fp32.
+        a: (B, n) row weights, b: (B, m) column weights: non-negative, zero on padding, each
+            item's a and b with the same total mass (1 by convention, as in POT).
+        eps: entropic regularisation (POT's ``reg``), in the units of the cost.
+        max_iters: total number of Sinkhorn iterations, epsilon-schedule steps included.
+        tol: stop once the L1 error of the b-marginal (max over the batch) is below tol; it is
+            checked every ``check_every`` iterations only, since each check is a host sync.
+            None: always run ``max_iters``.
+        check_every: iterations between absorptions of the scalings into the potentials (and
+            tol checks); keep it near 10 for small eps in fp32, where long blocks lose accuracy.
+        grad: "envelope": solve under no_grad and return a detached plan, so the caller's
+            ``(plan * cost).sum()`` has gradient P w.r.t. the cost (the envelope theorem for
+            the regularised OT value); "unrolled": autograd through every iteration.
+        eps_scaling: None, or the ratio in (0, 1) of a geometric schedule from the largest
+            cost on the support down to eps, one log-domain iteration per value (GeomLoss).
+
+    Returns:
+        (B, n, m) plans, in fp64 for an fp64 cost and fp32 otherwise; exactly 0 on padding.
+    """
+    _check_inputs(cost, a, b, eps, max_iters, tol, check_every, grad)
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    with torch.no_grad() if grad == "envelope" else contextlib.nullcontext():
+        return _solve(cost.to(dtype), a.to(dtype), b.to(dtype), eps, max_iters, tol, check_every, eps_scaling)
+
+
+def _solve(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    eps: float,
+    max_iters: int,
+    tol: float | None,
+    check_every: int,
+    eps_scaling: float | None,
+) -> Tensor:
+    """The iterations; shapes and conventions as in `sinkhorn`, inputs already validated."""
+    row, col = a > 0, b > 0
+    support = row[:, :, None] & col[:, None, :]
+    # Finite stand-in for -inf: exp() of it is 0, yet a logsumexp over it keeps finite gradients.
+    fill = torch.finfo(cost.dtype).min / 4
+    # Bounds on the scaling denominators: a row whose kernel underflows to 0 takes a truncated
+    # step instead of dividing by 0, and 1/tiny times the row length cannot overflow.
+    tiny = torch.finfo(cost.dtype).tiny ** 0.5
+
+    schedule = [eps]
+    if eps_scaling is not None:
+        start = cost.masked_fill(~support, 0.0).amax().item()
+        schedule = epsilon_schedule(eps, start, eps_scaling)
+    if len(schedule) > max_iters:
+        raise ValueError(f"the epsilon schedule has {len(schedule)} steps but max_iters is {max_iters}")
+
+    logits = torch.where(support, cost / -eps, fill)
+    f = torch.zeros_like(a)
+    g = torch.zeros_like(b)
+    for eps_k in schedule:
+        logits_k = logits if eps_k == eps else torch.where(support, cost / -eps_k, fill)
+        f, g = _log_step(logits_k, a, b, f, g, eps_k, row, col)
+
+    plan = _plan(logits, f, g, eps)
+    done = len(schedule)
+    while done < max_iters:
+        steps = min(check_every, max_iters - done)
+        f, g = _scaling_block(plan, a, b, f, g, eps, steps, row, col, tiny)
+        plan = _plan(logits, f, g, eps)  # the kernel of the absorbed potentials is the current plan
+        done += steps
+        if tol is not None and done < max_iters and marginal_error(plan, a, b).amax().item() < tol:
+            break  # the check is a host sync: once per block
+    return plan
+
+
+def _plan(logits: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
+    """(B, n, m) logits -C/eps, potentials (B, n), (B, m) -> plan exp((f + g - C) / eps)."""
+    return torch.exp(logits + f[:, :, None] / eps + g[:, None, :] / eps)
+
+
+def _log_step(
+    logits: Tensor, a: Tensor, b: Tensor, f: Tensor, g: Tensor, eps: float, row: Tensor, col: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One log-domain Sinkhorn iteration (g, then f), as in ``ot.bregman.sinkhorn_log``.
+
+    logits (B, n, m) = -C/eps with the fill off the support; a, f, row (B, n); b, g, col (B, m).
+    """
+    g = torch.where(col, eps * (b.log() - torch.logsumexp(logits + f[:, :, None] / eps, dim=1)), 0.0)
+    f = torch.where(row, eps * (a.log() - torch.logsumexp(logits + g[:, None, :] / eps, dim=2)), 0.0)
+    return f, g
+
+
+def _scaling_block(
+    kernel: Tensor,
+    a: Tensor,
+    b: Tensor,
+    f: Tensor,
+    g: Tensor,
+    eps: float,
+    steps: int,
+    row: Tensor,
+    col: Tensor,
+    tiny: float,
+) -> tuple[Tensor, Tensor]:
+    """``steps`` exp-domain iterations on ``kernel`` = `_plan` of (f, g); returns the absorbed (f, g).
+
+    Shapes as in `_log_step`. The scalings u (B, 1, n) and v (B, 1, m) are row vectors so that
+    both products are (B, 1, k) @ (B, k, l) bmm calls, the fast layout on CPU. On padding they
+    are 1, so that log u and log v leave the padding potentials at 0.
+    """
+    a, b, row, col = a[:, None, :], b[:, None, :], row[:, None, :], col[:, None, :]
+    u = torch.ones_like(a)
+    for _ in range(steps):
+        v = torch.where(col, b / torch.bmm(u, kernel).clamp_min(tiny), 1.0)
+        u = torch.where(row, a / torch.bmm(v, kernel.transpose(1, 2)).clamp_min(tiny), 1.0)
+    return f + eps * u.squeeze(1).log(), g + eps * v.squeeze(1).log()
+
+
+def _check_inputs(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    eps: float,
+    max_iters: int,
+    tol: float | None,
+    check_every: int,
+    grad: str,
+) -> None:
+    """Raise ValueError naming the first problem found in the arguments of `sinkhorn`."""
+    if grad not in GRAD_MODES:
+        raise ValueError(f"grad: expected one of {', '.join(GRAD_MODES)}, got {grad!r}")
+    if cost.dim() != 3:
+        raise ValueError(f"cost: expected a (B, n, m) tensor, got shape {tuple(cost.shape)}")
+    batch, n, m = cost.shape
+    if tuple(a.shape) != (batch, n) or tuple(b.shape) != (batch, m):
+        raise ValueError(
+            f"weights: cost is {tuple(cost.shape)} so a must be {(batch, n)} and b {(batch, m)}, "
+            f"got a {tuple(a.shape)} and b {tuple(b.shape)}"
+        )
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if max_iters < 1 or check_every < 1:
+        raise ValueError(f"max_iters and check_every must be >= 1, got {max_iters} and {check_every}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be > 0 or None, got {tol}")
+    for name, weights in (("a", a), ("b", b)):
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"{name}: weights must be finite and non-negative")
+        empty = weights.sum(dim=1) <= 0
+        if empty.any():
+            raise ValueError(f"{name}: batch item {empty.nonzero()[0].item()} has no positive mass")
+    # Padding may hold anything; only costs that carry mass must be finite (checked second: rare).
+    if not torch.isfinite(cost).all():
+        off_support = (a[:, :, None] <= 0) | (b[:, None, :] <= 0)
+        if not (torch.isfinite(cost) | off_support).all():
+            raise ValueError("cost: NaN or inf where both weights are positive")
