@@ -67,6 +67,10 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
 
     teacher, teacher_tok, student, student_tok = build_models(cfg)
     ds_config = build_ds_config(cfg.train, env.world_size)
+    found = checkpoint.resolve_resume(resume, out)
+    if found is not None:  # at another world size, ZeRO state is loaded through a universal checkpoint
+        load_dir, tag, universal = checkpoint.prepare_elastic(*found, env.world_size, env.is_main)
+        ds_config["checkpoint"] = {"load_universal": universal}
     engine, scheduler = wrap_student(student, ds_config)
     device = dist.device()
     teacher.to(device)
@@ -93,9 +97,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
 
     ckpt_dir = out / "checkpoints"
     start_step = 0
-    found = checkpoint.resolve_resume(resume, out)
     if found is not None:
-        load_dir, tag = found
         _, client = engine.load_checkpoint(str(load_dir), tag=tag)
         checkpoint.check_compatible(client["config"], config_to_dict(cfg))
         start_step = client["step"]

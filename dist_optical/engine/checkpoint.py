@@ -7,8 +7,11 @@ finished saving, so a crash mid-save leaves the previous checkpoint as the one t
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import torch
 from dist_optical.engine.dist import barrier
 
 LATEST = "latest"
+META = "dist_optical.json"  # per tag: step, world size, ZeRO stage (read before the engine exists)
 
 # Changing these between save and resume would silently train a different thing.
 RESUME_SENSITIVE = ("model", "loss", "ot", "contrastive", "data.bitext", "data.src_lang", "data.tgt_lang")
@@ -52,12 +56,14 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], is_mai
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     barrier()
     if is_main:
+        meta = {"step": step, "world_size": client_state["world_size"], "zero_stage": engine.zero_optimization_stage()}
+        (ckpt_dir / tag / META).write_text(json.dumps(meta), encoding="utf-8")
         tmp = ckpt_dir / f"{LATEST}.tmp"
         tmp.write_text(tag, encoding="utf-8")
         tmp.replace(ckpt_dir / LATEST)
         if keep_last > 0:
             tags = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
-            for old in tags[:-keep_last]:
+            for old in tags[:-keep_last]:  # (universal conversions live under universal/, not here)
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return ckpt_dir / tag
@@ -94,3 +100,26 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
                 f"cannot resume: config field {dotted!r} changed since the checkpoint ({old!r} -> {new!r}); "
                 "start a new run folder instead"
             )
+
+
+def prepare_elastic(ckpt_dir: Path, tag: str, world_size: int, is_main: bool) -> tuple[Path, str, bool]:
+    """Where to load from at this world size: the checkpoint itself, or (ZeRO >= 1 saved at another
+    world size) a DeepSpeed universal conversion of it, made once on the main rank.
+
+    Returns (load_dir, tag, load_universal)."""
+    meta = json.loads((ckpt_dir / tag / META).read_text(encoding="utf-8"))
+    if meta["world_size"] == world_size or meta["zero_stage"] == 0:  # stage 0 holds whole optimizer state
+        return ckpt_dir, tag, False
+    universal = ckpt_dir / "universal" / tag
+    if is_main and not (universal / "zero").is_dir():
+        tmp = universal.with_name(tag + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+               str(ckpt_dir / tag), "--output_folder", str(tmp), "--inject_missing_state"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+        shutil.rmtree(universal, ignore_errors=True)
+        tmp.rename(universal)
+    barrier()
+    return universal.parent, tag, True

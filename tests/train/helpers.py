@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dist_optical.config import REPO_ROOT
+from dist_optical.engine.dist import free_port  # noqa: F401  (re-exported for tests)
 
 TINY = REPO_ROOT / "configs" / "tiny.yaml"
 
