@@ -1,10 +1,11 @@
 """Data-pipeline throughput on the real Swahili-English Bible: is the loader ever the bottleneck?
 
-Measures (1) shard writing (read XML + write tars) with 1 and 2 writer processes, (2) pairs/s one
-loader worker reads + tokenizes (MiniLM tokenizer, max_length 64, both sides), also read-only and with
-2 workers, and (3) pairs/s the trainer consumes at the default batch (16): one MiniLM step = teacher
-forward without grad + student forward + backward (optimizer step left out: a faster trainer is the
-harder case for the loader). Headroom = (2) per worker / (3); the target is >= 10x.
+Measures (1) shard building (read input + write tars) with 1 and 2 writer processes, from the Bible
+XML (7.4k pairs, 8 shards) and from a 10x larger TSV (74k pairs, 75 shards); (2) pairs/s one loader
+worker reads + tokenizes (MiniLM tokenizer, max_length 64, both sides), also read-only and with 2
+workers; (3) pairs/s the trainer consumes at the default batch (16): one MiniLM step = teacher forward
+without grad + student forward + backward (optimizer step left out: a faster trainer is the harder
+case for the loader). Headroom = (2) per worker / (3); the target is >= 10x.
 
     python bench/data.py [--train-steps 5] [--train-step-s SECONDS] [--out bench/results/data.json]
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from dist_optical.config import DataConfig, data_path, load_config
-from dist_optical.data import PairCollator, ShardLoader, ShardStream, build_shards
+from dist_optical.data import PairCollator, ShardLoader, ShardStream, build_shards, read_bitext
 from dist_optical.models import load_encoder, load_tokenizer, tokenize
 
 MODEL = "all-MiniLM-L6-v2"
@@ -33,17 +34,24 @@ BATCH = 16
 MAX_LENGTH = 64
 
 
-def time_build(inputs: list[Path], out: Path, workers: int, repeats: int = 2) -> tuple[float, int]:
-    """Best of ``repeats`` wall times of build_shards (its summary line is silenced)."""
+def build_rate(inputs: list[Path], out: Path, workers: int, repeats: int = 2, **kw) -> tuple[float, int]:
+    """(pairs/s, pairs) of build_shards, best of ``repeats`` (its summary line is silenced)."""
     best, pairs = float("inf"), 0
     for _ in range(repeats):
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            manifest = build_shards(
-                inputs, out, "swh", "eng", exclude_books=DataConfig().exclude_books, workers=workers
-            )
+            manifest = build_shards(inputs, out, "swh", "eng", workers=workers, **kw)
         best, pairs = min(best, time.perf_counter() - start), manifest["total_pairs"]
-    return best, pairs
+    return pairs / best, pairs
+
+
+def write_big_tsv(inputs: list[Path], path: Path, copies: int) -> Path:
+    """The Bible pairs ``copies`` times as one TSV: enough shards for parallel writing to matter."""
+    pairs = list(read_bitext(inputs))
+    with path.open("w", encoding="utf-8") as f:
+        for copy in range(copies):
+            f.writelines(f"{p.key}#{copy}\t{p.src}\t{p.tgt}\n" for p in pairs)
+    return path
 
 
 def time_loader(shards: Path, collate_fn, num_workers: int, batches: int) -> float:
@@ -92,12 +100,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "data.json")
     args = parser.parse_args()
     cfg = load_config()
+    load_before = os.getloadavg()[0]  # other jobs on a shared machine skew every figure: record it
     inputs = [data_path(cfg, p) for p in cfg.data.bitext]
 
     with tempfile.TemporaryDirectory() as tmp:
+        big = write_big_tsv(inputs, Path(tmp) / "big.tsv", copies=10)
+        big_1, n_big = build_rate([big], Path(tmp) / "big", workers=1)
+        big_2, _ = build_rate([big], Path(tmp) / "big", workers=2)
         shards = Path(tmp) / "swh-eng"
-        build_1, n_pairs = time_build(inputs, shards, workers=1)
-        build_2, _ = time_build(inputs, shards, workers=2)
+        exclude = DataConfig().exclude_books
+        build_1, n_pairs = build_rate(inputs, shards, workers=1, exclude_books=exclude)
+        build_2, _ = build_rate(inputs, shards, workers=2, exclude_books=exclude)
         tokenizer = load_tokenizer(MODEL)
         collator = PairCollator(tokenizer, tokenizer, MAX_LENGTH)
         read_only = time_loader(shards, None, 0, args.batches)
@@ -110,7 +123,12 @@ def main() -> None:
     results = {
         "data": "Swahili-NT.xml + English-KJV-NT.xml (REV held out)",
         "pairs": n_pairs,
-        "shard_build_pairs_per_s": {"1_worker": n_pairs / build_1, "2_workers": n_pairs / build_2},
+        "shard_build_pairs_per_s": {
+            "bible_xml_1_writer": build_1,
+            "bible_xml_2_writers": build_2,
+            f"tsv_{n_big}_pairs_1_writer": big_1,
+            f"tsv_{n_big}_pairs_2_writers": big_2,
+        },
         "loader_pairs_per_s": {
             "read_only_1_worker": read_only,
             "read_tokenize_1_worker": per_worker,
@@ -124,10 +142,13 @@ def main() -> None:
         "max_length": MAX_LENGTH,
         "model": MODEL,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
     }
     rows = [
-        ("shard build, 1 writer (pairs/s)", n_pairs / build_1),
-        ("shard build, 2 writers (pairs/s)", n_pairs / build_2),
+        ("shard build, Bible XML, 1 writer (pairs/s)", build_1),
+        ("shard build, Bible XML, 2 writers (pairs/s)", build_2),
+        (f"shard build, {n_big} TSV, 1 writer (pairs/s)", big_1),
+        (f"shard build, {n_big} TSV, 2 writers (pairs/s)", big_2),
         ("read only, 1 worker (pairs/s)", read_only),
         ("read + tokenize, 1 worker (pairs/s)", per_worker),
         ("read + tokenize, 2 workers (pairs/s)", two_workers),
@@ -136,7 +157,7 @@ def main() -> None:
         ("headroom per worker (x)", per_worker / trainer),
     ]
     for name, value in rows:
-        print(f"{name:<40} {value:>12,.2f}")
+        print(f"{name:<46} {value:>12,.2f}")
     write_json_atomic(args.out, results)
     print(f"wrote {args.out}")
 

@@ -107,20 +107,22 @@ class ShardLoader:
                 pin_memory=self.pin_memory,
             )
             for batch, errors in loader:
-                if generation != self._generation:
-                    raise RuntimeError(
-                        "ShardLoader: stale iterator (iter() or load_state_dict() was called since)"
-                    )
+                self._check_current(generation)
                 self._sample_in_epoch += step
                 self._errors.update(errors)
                 self._epoch_errors.update(errors)
                 batch["epoch"] = epoch
                 yield batch
+            self._check_current(generation)
             self._end_epoch()
+
+    def _check_current(self, generation: int) -> None:
+        if generation != self._generation:
+            raise RuntimeError("ShardLoader: stale iterator (iter() or load_state_dict() was called since)")
 
     def _end_epoch(self) -> None:
         dropped = self.stream.num_pairs - self._sample_in_epoch
-        if dropped:
+        if dropped and self.stream.rank == 0:  # the same tail on every rank: say it once
             logger.warning(
                 "epoch %d: dropped the last %d of %d pairs of the epoch order (< one global batch)",
                 self._epoch,
