@@ -198,7 +198,8 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: config key {key!r}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(hint)
         return {
-            _coerce(key_type, k, source, key): _coerce(value_type, v, source, f"{key}.{k}") for k, v in value.items()
+            _coerce(key_type, k, source, key): _coerce(value_type, v, source, f"{key}.{k}")
+            for k, v in value.items()
         }
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -67,7 +67,11 @@ class Encoder:
 
     @classmethod
     def load(
-        cls, name_or_path: str, max_length: int = 128, pooling: str = "mean", tiny: dict[str, int] | None = None
+        cls,
+        name_or_path: str,
+        max_length: int = 128,
+        pooling: str = "mean",
+        tiny: dict[str, int] | None = None,
     ) -> Encoder:
         """``tiny`` rebuilds the seeded random tiny BERT of a test config (the same one training used)."""
         tokenizer = load_tokenizer(name_or_path)
@@ -83,7 +87,9 @@ class Encoder:
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < 512):
             idx = order[start : start + batch_size]
             batch = tokenize(self.tokenizer, [texts[i] for i in idx], self.max_length)
-            pooled = encode(self.model, batch["input_ids"], batch["attention_mask"], special, self.pooling).pooled
+            pooled = encode(
+                self.model, batch["input_ids"], batch["attention_mask"], special, self.pooling
+            ).pooled
             out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1)
         return out
 
@@ -91,7 +97,9 @@ class Encoder:
 def evaluate_parallel(query_emb: Tensor, target_emb: Tensor) -> dict[str, dict[str, float]]:
     """Line i of queries translates line i of targets; both directions, cosine scores."""
     if len(query_emb) != len(target_emb):
-        raise ValueError(f"parallel evaluation needs aligned sides: {len(query_emb)} vs {len(target_emb)} lines")
+        raise ValueError(
+            f"parallel evaluation needs aligned sides: {len(query_emb)} vs {len(target_emb)} lines"
+        )
     gold = torch.arange(len(query_emb))
     scores = query_emb @ target_emb.T
     return {
@@ -109,4 +117,3 @@ def format_table(rows: dict[str, dict[str, dict[str, dict[str, float]]]], direct
         cells = [f"{results[s][direction][m]:.1f}" for s in sets for m in ("acc@1", "mrr@10")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-

@@ -24,7 +24,9 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]
 
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """checkpoint: RUN/checkpoints (its `latest`) or RUN/checkpoints/stepNNNNNN; RUN/config.yaml describes the model."""
+    """checkpoint: RUN/checkpoints (its `latest`) or RUN/checkpoints/stepNNNNNN.
+
+    RUN/config.yaml (written by every run) says how to rebuild the student."""
     from dist_optical.train import export_meta
 
     found = resolve_resume(str(checkpoint), checkpoint)

@@ -53,7 +53,9 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), local_files_only=True)
 
 
-def load_encoder(name_or_path: str, tiny: dict[str, int] | None = None, vocab_size: int | None = None) -> nn.Module:
+def load_encoder(
+    name_or_path: str, tiny: dict[str, int] | None = None, vocab_size: int | None = None
+) -> nn.Module:
     """Load a transformers encoder, or build a tiny random BERT from ``tiny`` (tests)."""
     if tiny:
         torch.manual_seed(tiny.get("seed", 0))
@@ -102,11 +104,13 @@ def encode(
     """Run the encoder; token mask drops padding and special tokens ([CLS], [SEP])."""
     hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     real = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
-    return Encoded(tokens=hidden, mask=real, input_ids=input_ids, pooled=pool(hidden, attention_mask, pooling))
+    return Encoded(
+        tokens=hidden, mask=real, input_ids=input_ids, pooled=pool(hidden, attention_mask, pooling)
+    )
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
-    """(B, L, d), (B, L) -> (B, d). 'mean' over non-padding tokens (sentence-transformers' MiniLM) or 'cls'."""
+    """(B, L, d), (B, L) -> (B, d): 'mean' over non-padding tokens (as MiniLM was trained) or 'cls'."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling != "mean":

@@ -61,7 +61,9 @@ def run_pipeline(cfg: Config, out: Path, resume: str = "") -> dict[str, Results]
     evaluator = Evaluator(cfg, teacher)
     rows: dict[str, Results] = {"zero-shot teacher": evaluator(teacher)}
     if cfg.model.student and cfg.model.student != cfg.model.teacher:
-        rows["untrained student"] = evaluator(Encoder.load(cfg.model.student, max_length, pooling, cfg.model.tiny))
+        rows["untrained student"] = evaluator(
+            Encoder.load(cfg.model.student, max_length, pooling, cfg.model.tiny)
+        )
     else:
         log.info("the untrained student is the teacher (initialised from its weights): same row as zero-shot")
 

@@ -92,7 +92,11 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         num_workers=cfg.data.num_workers,
     )
     objective = Objective(
-        cfg.loss, cfg.ot, cfg.contrastive, gather=all_gather_with_grad if env.world_size > 1 else None, rank=env.rank
+        cfg.loss,
+        cfg.ot,
+        cfg.contrastive,
+        gather=all_gather_with_grad if env.world_size > 1 else None,
+        rank=env.rank,
     )
 
     ckpt_dir = out / "checkpoints"
@@ -121,8 +125,14 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     stop = StopRequest().install()
     batches = iter(loader)
     samples_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * env.world_size
-    progress = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
-                    desc="train", disable=not env.is_main, dynamic_ncols=True)
+    progress = tqdm(
+        range(start_step, cfg.train.max_steps),
+        initial=start_step,
+        total=cfg.train.max_steps,
+        desc="train",
+        disable=not env.is_main,
+        dynamic_ncols=True,
+    )
     engine.train()
     for step in progress:
         t0 = time.perf_counter()
@@ -133,10 +143,20 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
             # must not depend on when that happens (it differs between a resumed and a straight run).
             torch.manual_seed(step_seed(cfg.train.seed, env.rank, step * cfg.train.grad_accum + micro))
             with torch.no_grad():
-                english = encode(teacher, batch["tgt_input_ids"].to(device),
-                                 batch["tgt_attention_mask"].to(device), teacher_special, cfg.model.pooling)
-            foreign = encode(engine, batch["src_input_ids"].to(device),
-                             batch["src_attention_mask"].to(device), student_special, cfg.model.pooling)
+                english = encode(
+                    teacher,
+                    batch["tgt_input_ids"].to(device),
+                    batch["tgt_attention_mask"].to(device),
+                    teacher_special,
+                    cfg.model.pooling,
+                )
+            foreign = encode(
+                engine,
+                batch["src_input_ids"].to(device),
+                batch["src_attention_mask"].to(device),
+                student_special,
+                cfg.model.pooling,
+            )
             try:
                 loss, stats = objective(english, foreign)
             except FloatingPointError as err:
@@ -155,21 +175,34 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         logger.log(metrics)
         if env.is_main:
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", cos=f"{metrics['collapse/student_cos']:.2f}")
-            if metrics["collapse/student_cos"] > cfg.train.collapse_threshold and (step + 1) % cfg.train.log_every == 0:
+            if (
+                metrics["collapse/student_cos"] > cfg.train.collapse_threshold
+                and (step + 1) % cfg.train.log_every == 0
+            ):
                 log.warning(
                     "step %d: student sentence embeddings are collapsing (mean pairwise cosine %.3f > %.2f)",
-                    step + 1, metrics["collapse/student_cos"], cfg.train.collapse_threshold,
+                    step + 1,
+                    metrics["collapse/student_cos"],
+                    cfg.train.collapse_threshold,
                 )
         if stop.agreed():
-            checkpoint.save(engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last)
+            checkpoint.save(
+                engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last
+            )
             logger.close()
-            log.warning("checkpointed at step %d after a stop signal; exiting %d", step + 1, PREEMPTED_EXIT_CODE)
+            log.warning(
+                "checkpointed at step %d after a stop signal; exiting %d", step + 1, PREEMPTED_EXIT_CODE
+            )
             raise SystemExit(PREEMPTED_EXIT_CODE)
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
-            checkpoint.save(engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last)
+            checkpoint.save(
+                engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last
+            )
 
     final_step = max(cfg.train.max_steps, start_step)
-    saved = checkpoint.save(engine, ckpt_dir, final_step, client_state(final_step), env.is_main, cfg.train.keep_last)
+    saved = checkpoint.save(
+        engine, ckpt_dir, final_step, client_state(final_step), env.is_main, cfg.train.keep_last
+    )
     if env.is_main:  # one export path for every ZeRO stage: consolidate from the checkpoint just written
         export_checkpoint(saved, out / "model")
     dist.barrier()
@@ -200,9 +233,11 @@ class MetricsLogger:
 
         self.path = out / "metrics.jsonl"
         if self.path.exists():  # drop lines past the checkpoint we resumed from: they will be redone
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [
+                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
         self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, metrics: dict[str, float]) -> None:

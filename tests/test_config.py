@@ -13,7 +13,9 @@ def test_default_and_tiny_configs_load():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config(REPO_ROOT / "configs" / "tiny.yaml", ["train.max_steps=7", "train.lr=1e-4", "ot.center=true"])
+    cfg = load_config(
+        REPO_ROOT / "configs" / "tiny.yaml", ["train.max_steps=7", "train.lr=1e-4", "ot.center=true"]
+    )
     assert cfg.train.max_steps == 7
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.ot.center is True

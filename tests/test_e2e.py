@@ -12,15 +12,23 @@ from dist_optical.config import REPO_ROOT
 from .train.helpers import cli_env
 
 TATOEBA = REPO_ROOT.parent / "shared" / "data" / "tatoeba"
-SETS = "eval.sets=[{name: tatoeba-swh, queries: tatoeba/tatoeba.swh-eng.swh, " \
-       "targets: tatoeba/tatoeba.swh-eng.eng, max_pairs: 120}]"
+SETS = (
+    "eval.sets=[{name: tatoeba-swh, queries: tatoeba/tatoeba.swh-eng.swh, "
+    "targets: tatoeba/tatoeba.swh-eng.eng, max_pairs: 120}]"
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dist_optical", *args], env=cli_env(), capture_output=True,
-                          text=True, timeout=900, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_optical", *args],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -48,17 +56,41 @@ def test_run_prints_before_after_table_and_writes_run_folder(default_run):
 def test_eval_command_reproduces_the_zero_shot_row(default_run, tmp_path):
     out, _ = default_run
     result = tmp_path / "zs.json"
-    cli("eval", "--model", "all-MiniLM-L6-v2", "--queries", str(TATOEBA / "tatoeba.swh-eng.swh"),
-        "--targets", str(TATOEBA / "tatoeba.swh-eng.eng"), "--max-pairs", "120", "--max-length", "64",
-        "--json", str(result))
+    cli(
+        "eval",
+        "--model",
+        "all-MiniLM-L6-v2",
+        "--queries",
+        str(TATOEBA / "tatoeba.swh-eng.swh"),
+        "--targets",
+        str(TATOEBA / "tatoeba.swh-eng.eng"),
+        "--max-pairs",
+        "120",
+        "--max-length",
+        "64",
+        "--json",
+        str(result),
+    )
     ours = json.loads(result.read_text())
     rows = json.loads((out / "eval.json").read_text())["results"]
     assert ours["src->tgt"] == pytest.approx(rows["zero-shot teacher"]["tatoeba-swh"]["src->tgt"])
     # the exported student's folder names its teacher, which then encodes the English side
     student = tmp_path / "student.json"
-    cli("eval", "--model", str(out / "model"), "--queries", str(TATOEBA / "tatoeba.swh-eng.swh"),
-        "--targets", str(TATOEBA / "tatoeba.swh-eng.eng"), "--max-pairs", "120", "--max-length", "64",
-        "--json", str(student))
+    cli(
+        "eval",
+        "--model",
+        str(out / "model"),
+        "--queries",
+        str(TATOEBA / "tatoeba.swh-eng.swh"),
+        "--targets",
+        str(TATOEBA / "tatoeba.swh-eng.eng"),
+        "--max-pairs",
+        "120",
+        "--max-length",
+        "64",
+        "--json",
+        str(student),
+    )
     assert json.loads(student.read_text())["src->tgt"] == pytest.approx(
         rows["trained student"]["tatoeba-swh"]["src->tgt"]
     )

@@ -50,13 +50,19 @@ def versions() -> dict[str, str]:
     }
 
 
-def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], is_main: bool, keep_last: int) -> Path:
+def save(
+    engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], is_main: bool, keep_last: int
+) -> Path:
     """Save on every rank (ZeRO shards are per rank); move `latest` once all are done; prune old tags."""
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     barrier()
     if is_main:
-        meta = {"step": step, "world_size": client_state["world_size"], "zero_stage": engine.zero_optimization_stage()}
+        meta = {
+            "step": step,
+            "world_size": client_state["world_size"],
+            "zero_stage": engine.zero_optimization_stage(),
+        }
         (ckpt_dir / tag / META).write_text(json.dumps(meta), encoding="utf-8")
         tmp = ckpt_dir / f"{LATEST}.tmp"
         tmp.write_text(tag, encoding="utf-8")
@@ -86,7 +92,9 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, str] | None:
         return path, tag
     if path.is_dir() and path.parent.is_dir() and path.name.startswith("step"):
         return path.parent, path.name
-    raise FileNotFoundError(f"--resume {resume}: no checkpoint there (expected a checkpoints folder with `latest`)")
+    raise FileNotFoundError(
+        f"--resume {resume}: no checkpoint there (expected a checkpoints folder with `latest`)"
+    )
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -114,11 +122,21 @@ def prepare_elastic(ckpt_dir: Path, tag: str, world_size: int, is_main: bool) ->
     if is_main and not (universal / "zero").is_dir():
         tmp = universal.with_name(tag + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-               str(ckpt_dir / tag), "--output_folder", str(tmp), "--inject_missing_state"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(ckpt_dir / tag),
+            "--output_folder",
+            str(tmp),
+            "--inject_missing_state",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
+            )
         shutil.rmtree(universal, ignore_errors=True)
         tmp.rename(universal)
     barrier()

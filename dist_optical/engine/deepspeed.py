@@ -35,7 +35,7 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
             raise ValueError(
                 f"{path}: {key}={ds[key]} disagrees with the run config ({expected} = train.micro_batch_size "
                 f"{train.micro_batch_size} x train.grad_accum {train.grad_accum} x world size {world_size}); "
-                "remove it from the JSON or set it to \"auto\""
+                'remove it from the JSON or set it to "auto"'
             )
         ds[key] = expected
     ds["gradient_clipping"] = train.grad_clip
@@ -59,6 +59,7 @@ def wrap_student(student: nn.Module, ds_config: dict[str, Any]):
     import deepspeed
 
     trainable = [p for p in student.parameters() if p.requires_grad]
-    engine, _, _, scheduler = deepspeed.initialize(model=student, model_parameters=trainable, config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=student, model_parameters=trainable, config=ds_config
+    )
     return engine, scheduler
-

@@ -44,7 +44,9 @@ def detect() -> DistEnv:
         )
     if present:
         source = "torchrun"
-    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
+    elif (
+        "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1
+    ):
         # DeepSpeed does not read SLURM's variables (it falls back to MPI discovery): export them.
         import submitit
 
@@ -96,4 +98,4 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     packed = torch.tensor([values[name] for name in names], dtype=torch.float64)
     torch.distributed.all_reduce(packed)
     packed /= torch.distributed.get_world_size()
-    return dict(zip(names, packed.tolist()))
+    return dict(zip(names, packed.tolist(), strict=True))

@@ -29,7 +29,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         self.signum = signum
-        log.warning("received %s: will checkpoint and exit at the next step boundary", signal.Signals(signum).name)
+        log.warning(
+            "received %s: will checkpoint and exit at the next step boundary", signal.Signals(signum).name
+        )
 
     def agreed(self) -> bool:
         """True on every rank if any rank was signalled (one tiny all-reduce per step)."""

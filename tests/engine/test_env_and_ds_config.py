@@ -6,7 +6,13 @@ from dist_optical.config import TrainConfig
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.deepspeed import build_ds_config
 
-TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+TORCHRUN = {
+    "RANK": "1",
+    "WORLD_SIZE": "2",
+    "LOCAL_RANK": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29511",
+}
 
 
 @pytest.fixture
@@ -37,7 +43,9 @@ def test_partial_env_is_an_error(clean_env):
 
 
 def test_ds_config_fills_batch_and_schedule():
-    train = TrainConfig(micro_batch_size=4, grad_accum=3, lr=2e-4, max_steps=50, warmup_steps=5, precision="bf16")
+    train = TrainConfig(
+        micro_batch_size=4, grad_accum=3, lr=2e-4, max_steps=50, warmup_steps=5, precision="bf16"
+    )
     ds = build_ds_config(train, world_size=2)
     assert ds["train_batch_size"] == 4 * 3 * 2
     assert ds["gradient_accumulation_steps"] == 3

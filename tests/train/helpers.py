@@ -16,8 +16,20 @@ TINY = REPO_ROOT / "configs" / "tiny.yaml"
 
 
 def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "LOCAL_SIZE",
+            "LOCAL_WORLD_SIZE",
+        )
+    }
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     return env
 
@@ -27,9 +39,17 @@ def train_cmd(out: Path, *overrides: str, config: Path = TINY, resume: str = "")
     return cmd + (["--resume", resume] if resume else []) + list(overrides)
 
 
-def run_train(out: Path, *overrides: str, resume: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(out, *overrides, resume=resume), env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO_ROOT)
+def run_train(
+    out: Path, *overrides: str, resume: str = "", timeout: int = 300
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        train_cmd(out, *overrides, resume=resume),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
     assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc
 

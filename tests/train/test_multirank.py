@@ -13,10 +13,31 @@ pytestmark = pytest.mark.multiproc
 
 
 def torchrun(out, *overrides, resume=""):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "dist_optical", "train", "--config", str(TINY), "--out", str(out), *overrides]
-    proc = subprocess.run(cmd + (["--resume", resume] if resume else []), env=cli_env(), capture_output=True,
-                          text=True, timeout=600, cwd=REPO_ROOT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "dist_optical",
+        "train",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        *overrides,
+    ]
+    proc = subprocess.run(
+        cmd + (["--resume", resume] if resume else []),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -25,7 +46,9 @@ def stage_runs(tmp_path_factory):
     runs = {}
     for stage in (0, 1, 2, 3):
         out = tmp_path_factory.mktemp(f"zero{stage}")
-        torchrun(out, "train.max_steps=12", "train.save_every=8", f"train.deepspeed=configs/ds/zero{stage}.json")
+        torchrun(
+            out, "train.max_steps=12", "train.save_every=8", f"train.deepspeed=configs/ds/zero{stage}.json"
+        )
         runs[stage] = out
     return runs
 
@@ -44,8 +67,12 @@ def test_every_zero_stage_trains_identically_on_two_ranks(stage_runs):
 def test_elastic_resume_two_ranks_to_one(stage_runs, stage, tmp_path):
     """Resume a 2-rank ZeRO checkpoint on 1 rank (via a universal checkpoint) and keep training."""
     out = stage_runs[stage]
-    run_train(out, "train.max_steps=16", f"train.deepspeed=configs/ds/zero{stage}.json",
-              resume=str(out / "checkpoints" / "step000008"))
+    run_train(
+        out,
+        "train.max_steps=16",
+        f"train.deepspeed=configs/ds/zero{stage}.json",
+        resume=str(out / "checkpoints" / "step000008"),
+    )
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == list(range(1, 17))
     assert (out / "checkpoints" / "universal" / "step000008" / "zero").is_dir()

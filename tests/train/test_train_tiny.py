@@ -48,8 +48,12 @@ def test_teacher_is_frozen_and_not_in_the_optimizer(uninterrupted):
 
 def test_kill_minus_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(out, "train.max_steps=24", "train.save_every=8"), env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(out, "train.max_steps=24", "train.save_every=8"),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once step 12 is logged (after the step-8 checkpoint)
         if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 12:
@@ -67,8 +71,13 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path)
 
 def test_sigterm_checkpoints_and_exits_75(tmp_path):
     out = tmp_path / "term"
-    proc = subprocess.Popen(train_cmd(out, "train.max_steps=400"), env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(out, "train.max_steps=400"),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 3):
         time.sleep(0.2)
