@@ -24,7 +24,7 @@ from dist_optical.data import PairCollator, ShardLoader, ShardStream
 from dist_optical.data.prepare import ensure_shards
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
-from dist_optical.engine.deepspeed import build_ds_config, wrap_student
+from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, wrap_student
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 from dist_optical.export import export_checkpoint
 from dist_optical.losses import Objective
@@ -165,7 +165,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
             engine.step()
             for name, value in {"loss": loss.item(), **stats}.items():  # .item(): a host sync, once per micro
                 totals[name] = totals.get(name, 0.0) + value / cfg.train.grad_accum
-        metrics = dist.mean_across_ranks(totals)
+        metrics = dist.mean_across_ranks({**totals, **memory_footprint(engine)})
         metrics.update(
             step=step + 1,
             lr=scheduler.get_last_lr()[0] if scheduler is not None else cfg.train.lr,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
 from typing import Any
 
+import torch
 from torch import nn
 
 from dist_optical.config import TrainConfig, repo_path
@@ -63,3 +65,24 @@ def wrap_student(student: nn.Module, ds_config: dict[str, Any]):
         model=student, model_parameters=trainable, config=ds_config
     )
     return engine, scheduler
+
+
+def memory_footprint(engine) -> dict[str, float]:
+    """This rank's share of student parameters and optimizer state (MiB), and its peak RSS (MiB).
+
+    Under ZeRO-3 a parameter's local shard is ``param.ds_tensor``; under ZeRO-1/2/3 the base
+    optimizer holds fp32 master partitions plus moments; under stage 0 only the moments are extra.
+    """
+
+    def mib(tensors) -> float:
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    moments = [t for state in base.state.values() for t in state.values() if torch.is_tensor(t) and t.dim()]
+    zero_wrapped = base is not engine.optimizer
+    masters = [p for group in base.param_groups for p in group["params"]] if zero_wrapped else []
+    return {
+        "mem/params_mib": mib(getattr(p, "ds_tensor", p) for p in engine.module.parameters()),
+        "mem/optimizer_mib": mib(masters) + mib(moments),
+        "mem/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
