@@ -193,22 +193,25 @@ def test_plan_entropy_and_marginal_error_by_hand():
     torch.testing.assert_close(marginal_error(diagonal, a, b), torch.tensor([0.5]))  # cols off by 0.25 twice
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     batch=st.integers(1, 4),
     n=st.integers(1, 10),
     m=st.integers(1, 10),
     eps=st.floats(0.01, 1.0),
+    check_every=st.integers(1, 20),
+    eps_scaling=st.sampled_from([None, 0.5]),
     seed=st.integers(0, 2**16),
 )
-def test_properties_on_random_masked_problems(batch, n, m, eps, seed):
+def test_properties_on_random_masked_problems(batch, n, m, eps, check_every, eps_scaling, seed):
     cost, a, b = ragged_problem(batch, n, m, seed, dtype=torch.float32)
-    plan = sinkhorn(cost, a, b, eps, max_iters=3000, tol=1e-5)
+    options = {"max_iters": 3000, "tol": 1e-5, "check_every": check_every, "eps_scaling": eps_scaling}
+    plan = sinkhorn(cost, a, b, eps, **options)
     assert torch.isfinite(plan).all() and (plan >= 0).all()
     assert marginal_error(plan, a, b).amax() < 2e-5
     assert (plan[a == 0] == 0).all() and (plan.transpose(1, 2)[b == 0] == 0).all()
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    permuted = sinkhorn(cost[:, rows], a[:, rows], b, eps, max_iters=3000, tol=1e-5)
+    permuted = sinkhorn(cost[:, rows], a[:, rows], b, eps, **options)
     torch.testing.assert_close(permuted, plan[:, rows], atol=2e-5, rtol=0)
 
 
