@@ -79,8 +79,12 @@ def memory_footprint(engine) -> dict[str, float]:
 
     base = getattr(engine.optimizer, "optimizer", engine.optimizer)
     moments = [t for state in base.state.values() for t in state.values() if torch.is_tensor(t) and t.dim()]
-    zero_wrapped = base is not engine.optimizer
-    masters = [p for group in base.param_groups for p in group["params"]] if zero_wrapped else []
+    if base is engine.optimizer:  # stage 0: the module's parameters are the master weights
+        masters = []
+    else:  # ZeRO-3 keeps its fp32 partitions outside the base optimizer's param groups between steps
+        masters = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [
+            p for group in base.param_groups for p in group["params"]
+        ]
     return {
         "mem/params_mib": mib(getattr(p, "ds_tensor", p) for p in engine.module.parameters()),
         "mem/optimizer_mib": mib(masters) + mib(moments),
