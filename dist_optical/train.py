@@ -139,6 +139,12 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         totals: dict[str, float] = {}
         for micro in range(cfg.train.grad_accum):
             batch = next(batches)
+            if not batch["key"]:
+                raise RuntimeError(
+                    f"step {step + 1}: every sample of this rank's micro-batch was skipped as unreadable "
+                    f"(data.on_error=skip; counts so far: {loader.error_counts()}); the shards are too "
+                    "damaged to train on: rebuild them with `dist-optical shard`"
+                )
             # Seed after fetching: a new epoch's DataLoader draws from the global RNG, and dropout
             # must not depend on when that happens (it differs between a resumed and a straight run).
             torch.manual_seed(step_seed(cfg.train.seed, env.rank, step * cfg.train.grad_accum + micro))

@@ -53,44 +53,30 @@ def test_run_prints_before_after_table_and_writes_run_folder(default_run):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-def test_eval_command_reproduces_the_zero_shot_row(default_run, tmp_path):
+def eval_tatoeba(model: str, out) -> dict:
+    cli(
+        "eval",
+        "--model",
+        model,
+        "--queries",
+        str(TATOEBA / "tatoeba.swh-eng.swh"),
+        "--targets",
+        str(TATOEBA / "tatoeba.swh-eng.eng"),
+        "--max-pairs",
+        "120",
+        "--max-length",
+        "64",
+        "--json",
+        str(out),
+    )
+    return json.loads(out.read_text())
+
+
+def test_eval_command_reproduces_the_run_rows(default_run, tmp_path):
     out, _ = default_run
-    result = tmp_path / "zs.json"
-    cli(
-        "eval",
-        "--model",
-        "all-MiniLM-L6-v2",
-        "--queries",
-        str(TATOEBA / "tatoeba.swh-eng.swh"),
-        "--targets",
-        str(TATOEBA / "tatoeba.swh-eng.eng"),
-        "--max-pairs",
-        "120",
-        "--max-length",
-        "64",
-        "--json",
-        str(result),
-    )
-    ours = json.loads(result.read_text())
     rows = json.loads((out / "eval.json").read_text())["results"]
-    assert ours["src->tgt"] == pytest.approx(rows["zero-shot teacher"]["tatoeba-swh"]["src->tgt"])
+    zero_shot = eval_tatoeba("all-MiniLM-L6-v2", tmp_path / "zs.json")
+    assert zero_shot["src->tgt"] == pytest.approx(rows["zero-shot teacher"]["tatoeba-swh"]["src->tgt"])
     # the exported student's folder names its teacher, which then encodes the English side
-    student = tmp_path / "student.json"
-    cli(
-        "eval",
-        "--model",
-        str(out / "model"),
-        "--queries",
-        str(TATOEBA / "tatoeba.swh-eng.swh"),
-        "--targets",
-        str(TATOEBA / "tatoeba.swh-eng.eng"),
-        "--max-pairs",
-        "120",
-        "--max-length",
-        "64",
-        "--json",
-        str(student),
-    )
-    assert json.loads(student.read_text())["src->tgt"] == pytest.approx(
-        rows["trained student"]["tatoeba-swh"]["src->tgt"]
-    )
+    student = eval_tatoeba(str(out / "model"), tmp_path / "student.json")
+    assert student["src->tgt"] == pytest.approx(rows["trained student"]["tatoeba-swh"]["src->tgt"])
