@@ -33,6 +33,10 @@ class Encoded:
     input_ids: Tensor
     pooled: Tensor
 
+    def float(self) -> Encoded:
+        """bf16 encoders, fp32 loss math: costs, Sinkhorn and softmaxes accumulate in fp32."""
+        return Encoded(self.tokens.float(), self.mask, self.input_ids, self.pooled.float())
+
 
 def resolve_model_path(name_or_path: str) -> Path:
     """A packaged model name or a local Hugging Face folder -> a local folder (never a hub download)."""

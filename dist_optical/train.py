@@ -73,7 +73,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         ds_config["checkpoint"] = {"load_universal": universal}
     engine, scheduler = wrap_student(student, ds_config)
     device = dist.device()
-    teacher.to(device)
+    teacher.to(device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
     teacher_special, student_special = special_ids(teacher_tok), special_ids(student_tok)
 
     stream = ShardStream(
@@ -164,7 +164,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
                 cfg.model.pooling,
             )
             try:
-                loss, stats = objective(english, foreign)
+                loss, stats = objective(english.float(), foreign.float())
             except FloatingPointError as err:
                 raise FloatingPointError(f"step {step}: {err} (batch keys {batch['key'][:4]}...)") from err
             engine.backward(loss)

@@ -86,3 +86,11 @@ def test_sigterm_checkpoints_and_exits_75(tmp_path):
     assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-2000:]
     tag = (out / "checkpoints" / "latest").read_text()
     assert int(tag.removeprefix("step")) == len(read_metrics(out)) >= 3
+
+
+def test_bf16_trains_and_exports(tmp_path):
+    run_train(tmp_path, "train.max_steps=16", "train.precision=bf16")
+    losses = [m["loss"] for m in read_metrics(tmp_path)]
+    assert all(loss == loss for loss in losses)  # no NaN
+    assert sum(losses[-4:]) < sum(losses[:4])
+    assert AutoModel.from_pretrained(tmp_path / "model").config.hidden_size == 32
