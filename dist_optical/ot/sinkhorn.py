@@ -14,6 +14,12 @@ the kernel K = exp((f + g - C) / eps), done as batched matrix-vector products; e
 g += eps log v) and K is rebuilt, which keeps all numbers in range even for small eps. With
 exact arithmetic the iterates are those of ``ot.bregman.sinkhorn_log`` (v then u), one for one.
 
+Unbalanced (``rho``, POT's ``reg_m`` with ``reg_type="kl"``): the marginal constraints become
+penalties rho * KL(P 1 | a) + rho * KL(P^T 1 | b) and the entropy is taken relative to a b^T,
+as in ``ot.unbalanced.sinkhorn_unbalanced``. Each potential update is then the balanced one
+with its logsumexp scaled by rho / (rho + eps), so mass a token cannot place cheaply is dropped
+instead of being forced onto a distant token. Every iteration runs in the log domain.
+
 Padding (a_i = 0 or b_j = 0) is masked: its potentials stay 0 and its logits are a large
 finite negative number, so the plan is exactly 0 there and no logsumexp ever sees a row of
 -inf (which would give NaN gradients in unrolled mode).
@@ -67,6 +73,7 @@ def sinkhorn(
     check_every: int = 10,
     grad: str = "envelope",
     eps_scaling: float | None = None,
+    rho: float | None = None,
 ) -> Tensor:
     """Entropic OT plans for a batch of (padded) problems.
 
@@ -74,11 +81,12 @@ def sinkhorn(
         cost: (B, n, m) cost matrices; fp64 is solved in fp64, anything else (fp32, bf16, fp16)
             in fp32.
         a: (B, n) row weights, b: (B, m) column weights: non-negative, zero on padding, each
-            item's a and b with the same total mass (1 by convention, as in POT).
+            item's a and b with the same total mass (1 by convention, as in POT) unless ``rho``.
         eps: entropic regularisation (POT's ``reg``), in the units of the cost.
         max_iters: total number of Sinkhorn iterations, epsilon-schedule steps included.
-        tol: stop once the L1 error of the b-marginal (max over the batch) is below tol; it is
-            checked every ``check_every`` iterations only, since each check is a host sync.
+        tol: stop once the L1 error of the b-marginal (max over the batch) is below tol (with
+            ``rho``: once the plan's column sums change by less than tol, L1, between two checks);
+            it is checked every ``check_every`` iterations only, since each check is a host sync.
             None: always run ``max_iters``.
         check_every: iterations between absorptions of the scalings into the potentials (and
             tol checks); keep it near 10 for small eps in fp32, where long blocks lose accuracy.
@@ -87,14 +95,20 @@ def sinkhorn(
             the regularised OT value); "unrolled": autograd through every iteration.
         eps_scaling: None, or the ratio in (0, 1) of a geometric schedule from the largest
             cost on the support down to eps, one log-domain iteration per value (GeomLoss).
+        rho: None for balanced OT, or the strength > 0 of the KL penalties that replace the
+            marginal constraints (unbalanced OT; large rho approaches the balanced plan).
 
     Returns:
         (B, n, m) plans, in fp64 for an fp64 cost and fp32 otherwise; exactly 0 on padding.
     """
     _check_inputs(cost, a, b, eps, max_iters, tol, check_every, grad)
+    if rho is not None and not rho > 0:
+        raise ValueError(f"rho must be > 0 (or None for balanced OT), got {rho}")
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     with torch.no_grad() if grad == "envelope" else contextlib.nullcontext():
-        return _solve(cost.to(dtype), a.to(dtype), b.to(dtype), eps, max_iters, tol, check_every, eps_scaling)
+        return _solve(
+            cost.to(dtype), a.to(dtype), b.to(dtype), eps, max_iters, tol, check_every, eps_scaling, rho
+        )
 
 
 def _solve(
@@ -106,6 +120,7 @@ def _solve(
     tol: float | None,
     check_every: int,
     eps_scaling: float | None,
+    rho: float | None = None,
 ) -> Tensor:
     """The iterations; shapes and conventions as in `sinkhorn`, inputs already validated."""
     row, col = a > 0, b > 0
@@ -128,10 +143,14 @@ def _solve(
     g = torch.zeros_like(b)
     for eps_k in schedule:
         logits_k = logits if eps_k == eps else torch.where(support, cost / -eps_k, fill)
-        f, g = _log_step(logits_k, a, b, f, g, eps_k, row, col)
+        f, g = _log_step(logits_k, a, b, f, g, eps_k, row, col, _damping(rho, eps_k))
+    done = len(schedule)
+    if rho is not None:
+        return _unbalanced_iterations(
+            logits, a, b, f, g, eps, rho, done, max_iters, tol, check_every, row, col
+        )
 
     plan = _plan(logits, f, g, eps)
-    done = len(schedule)
     while done < max_iters:
         steps = min(check_every, max_iters - done)
         f, g = _scaling_block(plan, a, b, f, g, eps, steps, row, col, tiny)
@@ -142,20 +161,71 @@ def _solve(
     return plan
 
 
+def _damping(rho: float | None, eps: float) -> float:
+    """The exponent rho / (rho + eps) of the unbalanced scaling updates (POT's ``fi``); 1 if balanced."""
+    return 1.0 if rho is None else rho / (rho + eps)
+
+
+def _unbalanced_iterations(
+    logits: Tensor,
+    a: Tensor,
+    b: Tensor,
+    f: Tensor,
+    g: Tensor,
+    eps: float,
+    rho: float,
+    done: int,
+    max_iters: int,
+    tol: float | None,
+    check_every: int,
+    row: Tensor,
+    col: Tensor,
+) -> Tensor:
+    """Log-domain iterations ``done``..``max_iters`` of unbalanced Sinkhorn -> the (B, n, m) plan.
+
+    The marginals are never met exactly, so convergence is judged by how much the plan's column
+    sums still move between two checks (checked every ``check_every`` iterations: a host sync).
+    """
+    damping = _damping(rho, eps)
+    previous = None
+    while done < max_iters:
+        for _ in range(min(check_every, max_iters - done)):
+            f, g = _log_step(logits, a, b, f, g, eps, row, col, damping)
+            done += 1
+        if tol is not None and done < max_iters:
+            columns = _plan(logits, f, g, eps).sum(dim=1)
+            if previous is not None and (columns - previous).abs().sum(dim=1).amax().item() < tol:
+                break
+            previous = columns
+    return _plan(logits, f, g, eps)
+
+
 def _plan(logits: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
     """(B, n, m) logits -C/eps, potentials (B, n), (B, m) -> plan exp((f + g - C) / eps)."""
     return torch.exp(logits + f[:, :, None] / eps + g[:, None, :] / eps)
 
 
 def _log_step(
-    logits: Tensor, a: Tensor, b: Tensor, f: Tensor, g: Tensor, eps: float, row: Tensor, col: Tensor
+    logits: Tensor,
+    a: Tensor,
+    b: Tensor,
+    f: Tensor,
+    g: Tensor,
+    eps: float,
+    row: Tensor,
+    col: Tensor,
+    damping: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """One log-domain Sinkhorn iteration (g, then f), as in ``ot.bregman.sinkhorn_log``.
 
     logits (B, n, m) = -C/eps with the fill off the support; a, f, row (B, n); b, g, col (B, m).
+    ``damping`` = rho / (rho + eps) < 1 is the unbalanced update (plan a b^T-relative, see the
+    module doc); 1.0 leaves the balanced update bit for bit unchanged.
     """
-    g = torch.where(col, eps * (b.log() - torch.logsumexp(logits + f[:, :, None] / eps, dim=1)), 0.0)
-    f = torch.where(row, eps * (a.log() - torch.logsumexp(logits + g[:, None, :] / eps, dim=2)), 0.0)
+    lse = torch.logsumexp(logits + f[:, :, None] / eps, dim=1)
+    g = torch.where(col, eps * (b.log() - damping * lse), 0.0)
+    lse = torch.logsumexp(logits + g[:, None, :] / eps, dim=2)
+    f = torch.where(row, eps * (a.log() - damping * lse), 0.0)
     return f, g
 
 

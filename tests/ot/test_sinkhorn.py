@@ -171,6 +171,93 @@ def test_eps_scaling_reaches_the_same_plan():
     torch.testing.assert_close(scaled, sinkhorn(cost, a, b, 0.02, **CONVERGED), atol=1e-8, rtol=0)
 
 
+def pot_unbalanced_item(cost, a, b, i, eps, rho):
+    """POT's KL-relaxed Sinkhorn (reg_type='kl': entropy relative to a b^T) on item i, unpadded."""
+    rows, cols = a[i] > 0, b[i] > 0
+    plan = ot.unbalanced.sinkhorn_unbalanced(
+        a[i][rows],
+        b[i][cols],
+        cost[i][rows][:, cols],
+        eps,
+        rho,
+        method="sinkhorn",
+        reg_type="kl",
+        numItermax=20000,
+        stopThr=1e-15,
+    )
+    return plan, rows, cols
+
+
+@pytest.mark.parametrize(("eps", "rho"), [(1.0, 0.5), (0.1, 1.0), (0.05, 0.1), (0.1, 10.0)])
+def test_unbalanced_matches_pot_per_item_with_padding(eps, rho):
+    cost, a, b = ragged_problem(5, 8, 7, seed=12)
+    b = 2.0 * b  # unequal masses: only the unbalanced problem is defined for them
+    plan = sinkhorn(cost, a, b, eps, max_iters=20000, tol=1e-14, rho=rho)
+    for i in range(len(cost)):
+        ref, rows, cols = pot_unbalanced_item(cost, a, b, i, eps, rho)
+        torch.testing.assert_close(plan[i][rows][:, cols], ref, atol=1e-8, rtol=0)
+        assert (plan[i][~rows] == 0).all() and (plan[i][:, ~cols] == 0).all()
+
+
+def test_unbalanced_drops_mass_that_only_a_far_token_could_take():
+    # Row 1 is far (cost 2) from every column; balanced OT must still ship its mass.
+    cost = torch.tensor([[[0.0, 0.0], [2.0, 2.0]]], dtype=torch.float64)
+    a = b = torch.full((1, 2), 0.5, dtype=torch.float64)
+    balanced = sinkhorn(cost, a, b, 0.05, **CONVERGED)
+    relaxed = sinkhorn(cost, a, b, 0.05, max_iters=3000, tol=1e-12, rho=0.1)
+    assert balanced[0, 1].sum() == pytest.approx(0.5)
+    assert relaxed[0, 1].sum() < 0.05 * relaxed[0, 0].sum()
+    # a large rho approaches the balanced plan
+    strict = sinkhorn(cost, a, b, 0.05, max_iters=3000, tol=1e-12, rho=1e4)
+    torch.testing.assert_close(strict, balanced, atol=1e-4, rtol=0)
+
+
+def unbalanced_value(cost, a, b, eps, rho):
+    """(B,) <P, C> + eps KL(P | a b^T) + rho KL(P 1 | a) + rho KL(P^T 1 | b), generalised KL."""
+
+    def kl(x, y):
+        keep = y > 0
+        x, y = x[keep], y[keep]
+        return (torch.special.xlogy(x, x) - torch.special.xlogy(x, y) - x + y).sum()
+
+    plan = sinkhorn(cost, a, b, eps, max_iters=20000, tol=1e-14, rho=rho)
+    ref = a[:, :, None] * b[:, None, :]
+    return torch.stack(
+        [
+            (plan[i] * cost[i]).sum()
+            + eps * kl(plan[i], ref[i])
+            + rho * kl(plan[i].sum(1), a[i])
+            + rho * kl(plan[i].sum(0), b[i])
+            for i in range(len(cost))
+        ]
+    )
+
+
+def test_unbalanced_envelope_gradient_matches_finite_differences():
+    cost, a, b = ragged_problem(3, 5, 4, seed=13)
+    eps, rho = 0.2, 0.5
+    plan = sinkhorn(cost, a, b, eps, max_iters=20000, tol=1e-14, rho=rho)
+    direction = torch.randn(cost.shape, dtype=cost.dtype, generator=torch.Generator().manual_seed(1))
+    h = 1e-5
+    plus = unbalanced_value(cost + h * direction, a, b, eps, rho)
+    minus = unbalanced_value(cost - h * direction, a, b, eps, rho)
+    torch.testing.assert_close((plus - minus) / (2 * h), (plan * direction).sum((1, 2)), atol=1e-7, rtol=0)
+
+
+def test_unbalanced_with_eps_scaling_unrolled_and_fp32():
+    cost, a, b = ragged_problem(3, 6, 5, seed=14)
+    ref = sinkhorn(cost, a, b, 0.05, max_iters=20000, tol=1e-14, rho=0.5)
+    scaled = sinkhorn(cost, a, b, 0.05, max_iters=20000, tol=1e-14, rho=0.5, eps_scaling=0.5)
+    torch.testing.assert_close(scaled, ref, atol=1e-8, rtol=0)
+    plan32 = sinkhorn(cost.float(), a.float(), b.float(), 0.05, max_iters=2000, rho=0.5)
+    torch.testing.assert_close(plan32.double(), ref, atol=1e-5, rtol=0)
+
+    def plan(c):
+        return sinkhorn(c, a, b, 0.3, max_iters=8, grad="unrolled", rho=0.5)
+
+    assert torch.autograd.gradcheck(plan, cost.clone().requires_grad_(True))
+
+
 def test_epsilon_schedule():
     schedule = epsilon_schedule(0.01, 2.0, 0.5)
     assert schedule[0] == 2.0 and schedule[-1] == 0.01
@@ -251,6 +338,7 @@ def test_bad_inputs_raise(change, message):
         ({"tol": 0.0}, "tol must be > 0"),
         ({"eps_scaling": 1.0}, "eps_scaling must be in"),
         ({"eps_scaling": 0.9, "eps": 1e-3, "max_iters": 5}, "schedule has"),
+        ({"rho": 0.0}, "rho must be > 0"),
     ],
 )
 def test_bad_options_raise(kwargs, message):
