@@ -1,4 +1,4 @@
-"""`dist-optical` entry points: run, shard, train, eval, export."""
+"""`dist-optical` entry points: run, shard, train, eval, export, submit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dist_optical.config import REPO_ROOT, ConfigError, load_config
+from dist_optical.launch.submit import add_arguments as submit_arguments
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="consolidate a DeepSpeed checkpoint into a Hugging Face folder")
     export.add_argument("checkpoint", type=Path, help="RUN/checkpoints or RUN/checkpoints/stepNNNNNN")
     export.add_argument("out", type=Path)
+
+    submit = sub.add_parser("submit", help="train as a submitit job (SLURM with requeue, or this machine)")
+    _config_args(submit)
+    submit_arguments(submit)
     return parser
 
 
@@ -120,4 +125,17 @@ def _export(args: argparse.Namespace) -> None:
     print(export_checkpoint(args.checkpoint, args.out))
 
 
-COMMANDS = {"run": _run, "shard": _shard, "train": _train, "eval": _eval, "export": _export}
+def _submit(args: argparse.Namespace) -> None:
+    from dist_optical.launch.submit import main as submit_main
+
+    submit_main(args)
+
+
+COMMANDS = {
+    "run": _run,
+    "shard": _shard,
+    "train": _train,
+    "eval": _eval,
+    "export": _export,
+    "submit": _submit,
+}

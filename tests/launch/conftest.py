@@ -1,0 +1,27 @@
+import subprocess
+import sys
+
+import pytest
+
+from dist_optical.config import REPO_ROOT
+from dist_optical.engine.dist import free_port
+
+from .helpers import RUN, TINY, launch_env, read_metrics
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """An uninterrupted 2-rank run under plain torchrun on one node: what every launcher must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+    ]
+    cmd = [*torchrun, "-m", "dist_optical", "train", f"--config={TINY}", f"--out={out}", *RUN]
+    proc = subprocess.run(cmd, env=launch_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(read_metrics(out)) == 12
+    return out

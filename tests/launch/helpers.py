@@ -1,0 +1,61 @@
+"""Shared by the launcher tests: every launcher runs the same tiny 2-rank job, compared bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from dist_optical.config import REPO_ROOT
+
+TINY = REPO_ROOT / "configs" / "tiny.yaml"
+# 12 steps (3 epochs of 4 steps on 2 ranks), periodic checkpoints at 4 and 8.
+RUN = ("train.max_steps=12", "train.save_every=4")
+DIST_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def launch_env() -> dict[str, str]:
+    """The pytest environment minus any torch.distributed variables, one thread per rank.
+
+    OMP_NUM_THREADS=1 everywhere: torchrun sets it for several local ranks but not for one, and a
+    different thread count changes float reduction order (the last digits of the loss).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def read_metrics(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_steps(out: Path, steps: int, timeout: float, alive=lambda: True) -> None:
+    """Block until metrics.jsonl has `steps` lines (the run is mid-training), or fail."""
+    deadline = time.monotonic() + timeout
+    while len(read_metrics(out)) < steps:
+        assert alive(), f"the run ended before step {steps}"
+        assert time.monotonic() < deadline, f"no step {steps} in {out}/metrics.jsonl after {timeout} s"
+        time.sleep(0.2)
+
+
+def resumed_steps(log: str) -> list[int]:
+    """The steps the trainer logged resuming at ('resumed from DIR/TAG at step N'), in order."""
+    return [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", log)]
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    """Every optimizer step once, in order, with exactly the reference's losses (CPU fp32: deterministic)."""
+    got, want = read_metrics(out), read_metrics(reference)
+    assert [m["step"] for m in got] == list(range(1, len(want) + 1))
+    assert [m["loss"] for m in got] == [m["loss"] for m in want]
