@@ -70,6 +70,12 @@ class OTConfig:
     # Subtract each side's mean token before the cost: removes the shared "average token"
     # direction that makes all cross-lingual costs nearly equal at the start.
     center: bool = False
+    # Epsilon schedule: ratio in (0, 1) of a geometric decrease from the largest cost down to eps
+    # (GeomLoss' epsilon-scaling), one log-domain iteration per value; 0 = off.
+    eps_scaling: float = 0.0
+    # Unbalanced OT: > 0 relaxes the marginals to KL penalties of this strength (POT's reg_m), so
+    # tokens without a counterpart need not be matched; 0 = balanced (exact marginals).
+    rho: float = 0.0
 
 
 @dataclass
@@ -101,9 +107,14 @@ class TrainConfig:
 @dataclass
 class EvalSet:
     name: str = ""
+    # parallel: line-aligned plain text (Tatoeba, XNLI); bible: verse-aligned CES XML Bibles, the
+    # verses of `books` only; clir: `queries` and `targets` are TSVs (id<TAB>text), `qrels` TREC.
+    kind: str = "parallel"
     queries: str = ""  # foreign side, relative to data.root
-    targets: str = ""  # English side
+    targets: str = ""  # English side (clir: the documents)
     max_pairs: int = 0
+    books: list[str] = field(default_factory=list)  # bible: held-out books, e.g. [REV]
+    qrels: str = ""  # clir: "qid 0 docid relevance" lines
 
 
 @dataclass
@@ -116,7 +127,7 @@ class EvalConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # Objective = weighted sum of named terms; known names: ot, contrastive, mse.
+    # Objective = weighted sum of named terms; known names: ot, contrastive, mse, english.
     loss: dict[str, float] = field(default_factory=lambda: {"ot": 1.0, "contrastive": 1.0})
     ot: OTConfig = field(default_factory=OTConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)

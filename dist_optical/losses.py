@@ -1,4 +1,5 @@
-"""Distillation objectives: token-level OT (OPTICAL), InfoNCE and MSE on pooled embeddings.
+"""Distillation objectives: token-level OT (OPTICAL), InfoNCE and MSE on pooled embeddings, and
+English->English MSE (the student's English kept on the teacher's).
 
 Pure torch: no torch.distributed or DeepSpeed here. A cross-rank all-gather reaches
 `contrastive_loss` as a callable (see `dist_optical.engine.collectives.all_gather_with_grad`).
@@ -18,13 +19,14 @@ from torch import Tensor
 
 from dist_optical.config import ContrastiveConfig, OTConfig
 from dist_optical.ot import marginal_error, plan_entropy, sinkhorn
+from dist_optical.ot.sinkhorn import GRAD_MODES
 
 if TYPE_CHECKING:  # models imports transformers (seconds); the losses only need the type
     from dist_optical.models import Encoded
 
 COSTS = ("cosine", "sqeuclidean")
 MARGINALS = ("uniform", "idf")
-TERMS = ("ot", "contrastive", "mse")
+TERMS = ("ot", "contrastive", "mse", "english")
 
 Gather = Callable[[Tensor], Tensor]
 
@@ -93,6 +95,23 @@ def idf_table(token_id_lists: Sequence[Sequence[int]], vocab_size: int) -> Tenso
     return (torch.log((len(token_id_lists) + 1) / (df + 1.0)) + 1.0).to(torch.float32)
 
 
+def check_ot_config(cfg: OTConfig) -> None:
+    """Raise ValueError naming the first ``ot.*`` key whose value the OT loss cannot use."""
+    for key, value, known in (
+        ("cost", cfg.cost, COSTS),
+        ("marginals", cfg.marginals, MARGINALS),
+        ("grad", cfg.grad, GRAD_MODES),
+    ):
+        if value not in known:
+            raise ValueError(f"ot.{key}: expected one of {', '.join(known)}, got {value!r}")
+    if not cfg.eps > 0:
+        raise ValueError(f"ot.eps: must be > 0, got {cfg.eps}")
+    if not 0.0 <= cfg.eps_scaling < 1.0:
+        raise ValueError(f"ot.eps_scaling: must be in (0, 1), or 0 for no schedule, got {cfg.eps_scaling}")
+    if not cfg.rho >= 0:
+        raise ValueError(f"ot.rho: must be > 0, or 0 for balanced OT, got {cfg.rho}")
+
+
 def ot_loss(
     teacher: Encoded,
     student: Encoded,
@@ -114,7 +133,17 @@ def ot_loss(
         raise FloatingPointError("loss.ot: NaN or inf in the token costs (non-finite embeddings)")
     a = token_weights(teacher.mask, teacher.input_ids, teacher_idf if cfg.marginals == "idf" else None)
     b = token_weights(student.mask, student.input_ids, student_idf if cfg.marginals == "idf" else None)
-    plan = sinkhorn(cost, a, b, cfg.eps, cfg.max_iters, tol=cfg.tol or None, grad=cfg.grad)
+    plan = sinkhorn(
+        cost,
+        a,
+        b,
+        cfg.eps,
+        cfg.max_iters,
+        tol=cfg.tol or None,
+        grad=cfg.grad,
+        eps_scaling=cfg.eps_scaling or None,
+        rho=cfg.rho or None,
+    )
     loss = (plan * cost).sum(dim=(1, 2)).mean()
     with torch.no_grad():
         support = (a[:, :, None] > 0) & (b[:, None, :] > 0)
@@ -177,9 +206,12 @@ def mean_pairwise_cosine(pooled: Tensor) -> Tensor:
 
 
 class Objective:
-    """Weighted sum of named terms (``ot``, ``contrastive``, ``mse``); weight-0 terms are skipped.
+    """Weighted sum of named terms (``ot``, ``contrastive``, ``mse``, ``english``); weight-0 terms
+    are skipped.
 
-    ``gather``/``rank`` go to `contrastive_loss`; the idf tables to `ot_loss`.
+    ``gather``/``rank`` go to `contrastive_loss`; the idf tables to `ot_loss`. ``english`` is the
+    MSE between the student's and the teacher's pooled embeddings of the English side (Reimers &
+    Gurevych): it keeps the student's English where the teacher's English index expects it.
     """
 
     def __init__(
@@ -200,6 +232,8 @@ class Objective:
         self.weights = {name: float(weight) for name, weight in weights.items() if weight > 0}
         if not self.weights:
             raise ValueError(f"loss: every weight is zero ({weights}); nothing to train")
+        if "ot" in self.weights:
+            check_ot_config(ot_cfg)
         self.ot_cfg = ot_cfg
         self.contrastive_cfg = contrastive_cfg
         self.gather = gather
@@ -207,8 +241,17 @@ class Objective:
         self.teacher_idf = teacher_idf
         self.student_idf = student_idf
 
-    def __call__(self, teacher: Encoded, student: Encoded) -> tuple[Tensor, dict[str, float]]:
-        """Total loss and stats: ``loss/<name>`` per term, OT diagnostics, ``collapse/student_cos``."""
+    @property
+    def needs_student_english(self) -> bool:
+        """Whether `__call__` needs ``student_english``: the student's encoding of the English side."""
+        return "english" in self.weights
+
+    def __call__(
+        self, teacher: Encoded, student: Encoded, student_english: Encoded | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Total loss and stats: ``loss/<name>`` per term, OT diagnostics, ``collapse/student_cos``,
+        and with ``student_english`` ``english/student_teacher_cos`` (mean cosine of the pooled
+        English embeddings: the student's drift on English)."""
         terms: dict[str, Tensor] = {}
         stats: dict[str, float] = {}
         if "ot" in self.weights:
@@ -221,10 +264,18 @@ class Objective:
             )
         if "mse" in self.weights:
             terms["mse"] = mse_loss(student.pooled, teacher.pooled)
+        if "english" in self.weights:
+            if student_english is None:
+                raise ValueError("loss.english > 0 needs the student's encoding of the English side")
+            terms["english"] = mse_loss(student_english.pooled, teacher.pooled)
         total = sum(self.weights[name] * term for name, term in terms.items())
 
         logged = {f"loss/{name}": term.detach().float() for name, term in terms.items()}
         logged["collapse/student_cos"] = mean_pairwise_cosine(student.pooled)
+        if student_english is not None:
+            logged["english/student_teacher_cos"] = F.cosine_similarity(
+                student_english.pooled.detach().float(), teacher.pooled.detach().float(), dim=-1
+            ).mean()
         *values, total_value = torch.stack([*logged.values(), total.detach().float()]).tolist()  # host sync
         stats.update(zip(logged, values, strict=True))
         bad = [f"loss.{n} = {stats['loss/' + n]}" for n in terms if not math.isfinite(stats["loss/" + n])]

@@ -27,7 +27,7 @@ from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, wrap_student
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 from dist_optical.export import export_checkpoint
-from dist_optical.losses import Objective
+from dist_optical.losses import Objective, idf_table
 from dist_optical.models import (
     check_tokenizer_fits,
     encode,
@@ -35,6 +35,7 @@ from dist_optical.models import (
     load_encoder,
     load_tokenizer,
     special_ids,
+    tokenize,
 )
 
 log = logging.getLogger("dist_optical.train")
@@ -58,6 +59,18 @@ def build_models(cfg: Config):
     if cfg.model.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
     return teacher, teacher_tok, student, student_tok
+
+
+def idf_tables(
+    manifest: Path, max_pairs: int, teacher_tok, student_tok, max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher vocab,), (student vocab,) idf over the training pairs (the first ``max_pairs`` of the
+    manifest, the ones the stream trains on): English by the teacher's tokenizer, foreign by the
+    student's, truncated as in training."""
+    pairs = list(ShardStream(manifest, shuffle=False, max_pairs=max_pairs))
+    teacher_ids = teacher_tok([p["tgt"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
+    student_ids = student_tok([p["src"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
+    return idf_table(teacher_ids, len(teacher_tok)), idf_table(student_ids, len(student_tok))
 
 
 def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
@@ -91,12 +104,19 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         collate_fn=PairCollator(student_tok, teacher_tok, cfg.model.max_length),
         num_workers=cfg.data.num_workers,
     )
+    teacher_idf = student_idf = None
+    if cfg.loss.get("ot", 0.0) > 0 and cfg.ot.marginals == "idf":
+        teacher_idf, student_idf = idf_tables(
+            manifest, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length
+        )
     objective = Objective(
         cfg.loss,
         cfg.ot,
         cfg.contrastive,
         gather=all_gather_with_grad if env.world_size > 1 else None,
         rank=env.rank,
+        teacher_idf=teacher_idf,
+        student_idf=student_idf,
     )
 
     ckpt_dir = out / "checkpoints"
@@ -163,8 +183,18 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
                 student_special,
                 cfg.model.pooling,
             )
+            student_english = None
+            if objective.needs_student_english:  # English through the student too, by its own tokenizer
+                ids = tokenize(student_tok, batch["tgt"], cfg.model.max_length)
+                student_english = encode(
+                    engine,
+                    ids["input_ids"].to(device),
+                    ids["attention_mask"].to(device),
+                    student_special,
+                    cfg.model.pooling,
+                ).float()
             try:
-                loss, stats = objective(english.float(), foreign.float())
+                loss, stats = objective(english.float(), foreign.float(), student_english)
             except FloatingPointError as err:
                 raise FloatingPointError(f"step {step}: {err} (batch keys {batch['key'][:4]}...)") from err
             engine.backward(loss)

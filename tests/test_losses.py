@@ -224,3 +224,56 @@ def test_objective_non_finite_embeddings_in_ot_raise_floating_point_error():
     student.tokens[0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="loss.ot"):
         Objective({"ot": 1.0}, OTConfig(), ContrastiveConfig())(teacher, student)
+
+
+def test_objective_english_term_is_mse_of_the_pooled_english_and_reports_drift():
+    teacher, student = pair_batch()
+    gen = torch.Generator().manual_seed(2)
+    student_english = encoded(torch.randn(4, 6, 8, generator=gen))
+    objective = Objective({"contrastive": 1.0, "english": 2.0}, OTConfig(), ContrastiveConfig())
+    assert objective.needs_student_english
+    total, stats = objective(teacher, student, student_english)
+    expected = contrastive_loss(student.pooled, teacher.pooled, 0.05) + 2.0 * mse_loss(
+        student_english.pooled, teacher.pooled
+    )
+    torch.testing.assert_close(total, expected)
+    drift = torch.nn.functional.cosine_similarity(student_english.pooled, teacher.pooled).mean().item()
+    assert math.isclose(stats["english/student_teacher_cos"], drift, rel_tol=1e-6)
+    _, same = objective(teacher, student, teacher)  # a student that encodes English as the teacher does
+    assert same["loss/english"] == 0.0 and math.isclose(
+        same["english/student_teacher_cos"], 1.0, rel_tol=1e-6
+    )
+    with pytest.raises(ValueError, match="loss.english > 0 needs"):
+        objective(teacher, student)
+    assert not Objective({"ot": 1.0}, OTConfig(), ContrastiveConfig()).needs_student_english
+
+
+def test_ot_loss_unbalanced_and_eps_schedule_reach_the_solver():
+    # A teacher token (e3) with no counterpart: balanced OT must ship its mass at cost 1;
+    # unbalanced OT (rho) drops most of it, so the loss falls.
+    teacher = encoded(torch.stack([E[0], E[1], E[3]])[None])
+    student = encoded(torch.stack([E[0], E[1]])[None])
+    balanced, _ = ot_loss(teacher, student, OTConfig(eps=0.05, max_iters=200))
+    relaxed, stats = ot_loss(teacher, student, OTConfig(eps=0.05, max_iters=200, rho=0.05))
+    assert relaxed.item() < 0.5 * balanced.item()
+    assert stats["ot/marginal_error"] > 0.1  # the relaxed marginals are not met, by design
+    scheduled, _ = ot_loss(teacher, student, OTConfig(eps=0.05, max_iters=200, eps_scaling=0.5))
+    assert math.isclose(scheduled.item(), balanced.item(), rel_tol=1e-4)
+    with pytest.raises(ValueError, match="schedule has"):
+        ot_loss(teacher, student, OTConfig(eps=0.001, max_iters=3, eps_scaling=0.9))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rho": -1.0}, "ot.rho: must be > 0"),
+        ({"eps_scaling": 1.5}, "ot.eps_scaling: must be in"),
+        ({"eps": 0.0}, "ot.eps: must be > 0"),
+        ({"grad": "implicit"}, "ot.grad: expected one of"),
+        ({"cost": "l1"}, "ot.cost: expected one of"),
+    ],
+)
+def test_objective_checks_the_ot_config_up_front(change, message):
+    with pytest.raises(ValueError, match=message):
+        Objective({"ot": 1.0}, OTConfig(**change), ContrastiveConfig())
+    Objective({"mse": 1.0}, OTConfig(**change), ContrastiveConfig())  # unused when OT is off

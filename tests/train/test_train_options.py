@@ -1,0 +1,55 @@
+"""Trainer wiring of the anti-collapse options: IDF marginals get tables computed from the training
+shards, and the English->English term makes the student encode English (less drift on English)."""
+
+from __future__ import annotations
+
+import torch
+
+from dist_optical.config import REPO_ROOT, load_config
+from dist_optical.data import ShardStream
+from dist_optical.data.prepare import ensure_shards
+from dist_optical.evaluate import Encoder, read_lines
+from dist_optical.losses import idf_table
+from dist_optical.models import load_tokenizer
+from dist_optical.train import idf_tables
+
+from .helpers import TINY, read_metrics, run_train
+
+ENGLISH = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "tatoeba.swh-eng.eng"
+
+
+def test_idf_tables_count_the_training_pairs_only():
+    cfg = load_config(TINY)
+    manifest = ensure_shards(cfg, is_main=True)
+    tok = load_tokenizer(cfg.model.teacher)
+    teacher_idf, student_idf = idf_tables(manifest, 8, tok, tok, 32)
+    pairs = list(ShardStream(manifest, shuffle=False, max_pairs=8))
+    assert len(pairs) == 8
+    english = [tok(p["tgt"], truncation=True, max_length=32)["input_ids"] for p in pairs]
+    torch.testing.assert_close(teacher_idf, idf_table(english, len(tok)))
+    assert not torch.equal(teacher_idf, student_idf)  # Swahili and English documents differ
+    everything = list(ShardStream(manifest, shuffle=False))
+    assert len(everything) > 8  # so the tables above did leave pairs out
+
+
+def english_drift(run_dir, cfg) -> float:
+    """1 - mean cosine between the student's and the teacher's embeddings of held-out English."""
+    texts = read_lines(ENGLISH, 64)
+    teacher = Encoder.load(cfg.model.teacher, cfg.model.max_length, tiny=cfg.model.tiny)
+    student = Encoder.load(str(run_dir / "model"), cfg.model.max_length)
+    return 1.0 - (student.embed(texts) * teacher.embed(texts)).sum(-1).mean().item()
+
+
+def test_idf_marginals_train_and_english_term_lowers_english_drift(tmp_path):
+    common = ("train.max_steps=24", "ot.marginals=idf", "train.log_every=24")
+    run_train(tmp_path / "ot", *common, "loss={ot: 1.0}")
+    run_train(tmp_path / "ot-english", *common, "loss={ot: 1.0, english: 10.0}")
+    plain, anchored = read_metrics(tmp_path / "ot"), read_metrics(tmp_path / "ot-english")
+    assert all("loss/ot" in m for m in plain + anchored)  # idf tables reached the OT loss (else it raises)
+    assert "english/student_teacher_cos" in anchored[-1] and "loss/english" in anchored[-1]
+    cfg = load_config(TINY)
+    drift_plain, drift_anchored = (
+        english_drift(tmp_path / "ot", cfg),
+        english_drift(tmp_path / "ot-english", cfg),
+    )
+    assert drift_anchored < 0.5 * drift_plain, (drift_plain, drift_anchored)
