@@ -12,8 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dist_optical.config import Config, EvalSet, data_path
-from dist_optical.evaluate import Encoder, evaluate_parallel, format_table, read_lines
+from dist_optical.config import Config
+from dist_optical.evalsets import EvalData, load_eval_set
+from dist_optical.evaluate import Encoder, evaluate_parallel, evaluate_qrels, format_table
 
 log = logging.getLogger("dist_optical.pipeline")
 
@@ -21,34 +22,27 @@ Results = dict[str, dict[str, dict[str, float]]]  # eval set -> direction -> met
 
 
 class Evaluator:
-    """Holds the eval sets' texts and the teacher's target embeddings across several students."""
+    """Holds the eval sets (`evalsets.EvalData`) and the teacher's target embeddings across several
+    students. Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents."""
 
     def __init__(self, cfg: Config, teacher: Encoder):
         self.cfg = cfg
         self.teacher = teacher
-        self.sets: dict[str, tuple[list[str], Any]] = {}
+        self.sets: dict[str, tuple[EvalData, Any]] = {}
         for eval_set in cfg.eval.sets:
-            queries, targets = _read_set(cfg, eval_set)
-            target_emb = teacher.embed(targets, cfg.eval.batch_size, desc=f"{eval_set.name} targets")
-            self.sets[eval_set.name] = (queries, target_emb)
+            data = load_eval_set(cfg, eval_set)
+            target_emb = teacher.embed(data.targets, cfg.eval.batch_size, desc=f"{eval_set.name} targets")
+            self.sets[eval_set.name] = (data, target_emb)
 
     def __call__(self, query_model: Encoder) -> Results:
         results = {}
-        for name, (queries, target_emb) in self.sets.items():
-            query_emb = query_model.embed(queries, self.cfg.eval.batch_size, desc=f"{name} queries")
-            results[name] = evaluate_parallel(query_emb, target_emb)
+        for name, (data, target_emb) in self.sets.items():
+            query_emb = query_model.embed(data.queries, self.cfg.eval.batch_size, desc=f"{name} queries")
+            if data.relevant is None:
+                results[name] = evaluate_parallel(query_emb, target_emb)
+            else:
+                results[name] = evaluate_qrels(query_emb, target_emb, data.relevant, data.gains)
         return results
-
-
-def _read_set(cfg: Config, eval_set: EvalSet) -> tuple[list[str], list[str]]:
-    queries = read_lines(data_path(cfg, eval_set.queries), eval_set.max_pairs)
-    targets = read_lines(data_path(cfg, eval_set.targets), eval_set.max_pairs)
-    if len(queries) != len(targets):
-        raise ValueError(
-            f"eval set {eval_set.name!r}: {eval_set.queries} has {len(queries)} lines but "
-            f"{eval_set.targets} has {len(targets)}; line i must translate line i"
-        )
-    return queries, targets
 
 
 def run_pipeline(cfg: Config, out: Path, resume: str = "") -> dict[str, Results]:
