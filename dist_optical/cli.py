@@ -16,7 +16,9 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
@@ -24,9 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-optical", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="the main job: shard (if needed), eval zero-shot, train, eval, print table")
+    run = sub.add_parser(
+        "run", help="the main job: shard (if needed), eval zero-shot, train, eval, print table"
+    )
     _config_args(run)
-    run.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: %(default)s)")
+    run.add_argument(
+        "--out", type=Path, default=Path("runs/default"), help="run folder (default: %(default)s)"
+    )
     run.add_argument("--resume", default="", help="'auto' or a checkpoints path")
 
     shard = sub.add_parser("shard", help="write bitext to WebDataset shards + manifest.json")
@@ -49,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="exported model folder or packaged model name")
     evaluate.add_argument("--queries", type=Path, required=True, help="foreign sentences, one a line")
     evaluate.add_argument("--targets", type=Path, required=True, help="English translations, line-aligned")
-    evaluate.add_argument("--target-model", default="",
-                          help="encodes the targets (default: the teacher recorded in --model, else --model)")
+    evaluate.add_argument(
+        "--target-model",
+        default="",
+        help="encodes the targets (default: the teacher recorded in --model, else --model)",
+    )
     evaluate.add_argument("--max-pairs", type=int, default=0)
     evaluate.add_argument("--max-length", type=int, default=128)
     evaluate.add_argument("--json", type=Path, help="write the metrics here")
@@ -86,11 +95,19 @@ def _shard(args: argparse.Namespace) -> None:
     from dist_optical.data import build_shards
 
     manifest = build_shards(
-        args.inputs, args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
-        pairs_per_shard=args.pairs_per_shard, max_shard_bytes=args.max_shard_bytes,
-        max_chars=args.max_chars, exclude_books=tuple(args.exclude_books), workers=args.workers,
+        args.inputs,
+        args.out,
+        src_lang=args.src_lang,
+        tgt_lang=args.tgt_lang,
+        pairs_per_shard=args.pairs_per_shard,
+        max_shard_bytes=args.max_shard_bytes,
+        max_chars=args.max_chars,
+        exclude_books=tuple(args.exclude_books),
+        workers=args.workers,
     )
-    print(f"{manifest['total_pairs']} pairs in {len(manifest['shards'])} shards -> {args.out / 'manifest.json'}")
+    print(
+        f"{manifest['total_pairs']} pairs in {len(manifest['shards'])} shards -> {args.out / 'manifest.json'}"
+    )
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -55,6 +55,9 @@ class ModelConfig:
     max_length: int = 64
     # Freeze the student's word embeddings (keeps the shared English vocabulary anchored).
     freeze_embeddings: bool = False
+    # A teacher too large for one device: ZeRO-3-partition its frozen weights over the ranks
+    # (each holds 1/world_size; layers are gathered one at a time during its forward).
+    teacher_partitioned: bool = False
     # For tests: build a tiny BERT from this config instead of loading weights ({} = off).
     tiny: dict[str, int] = field(default_factory=dict)
 

@@ -24,7 +24,7 @@ from dist_optical.data import PairCollator, ShardLoader, ShardStream
 from dist_optical.data.prepare import ensure_shards
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
-from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, wrap_student
+from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, partition_teacher, wrap_student
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 from dist_optical.export import export_checkpoint
 from dist_optical.losses import Objective, idf_table
@@ -86,7 +86,10 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         ds_config["checkpoint"] = {"load_universal": universal}
     engine, scheduler = wrap_student(student, ds_config)
     device = dist.device()
-    teacher.to(device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
+    if cfg.model.teacher_partitioned:
+        teacher = partition_teacher(teacher, ds_config)
+    else:
+        teacher.to(device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
     teacher_special, student_special = special_ids(teacher_tok), special_ids(student_tok)
 
     stream = ShardStream(

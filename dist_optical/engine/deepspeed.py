@@ -67,6 +67,26 @@ def wrap_student(student: nn.Module, ds_config: dict[str, Any]):
     return engine, scheduler
 
 
+def partition_teacher(teacher: nn.Module, ds_config: dict[str, Any]):
+    """An inference-only ZeRO-3 engine over the frozen teacher: no optimizer, parameters sharded
+    over the ranks and gathered layer by layer in forward (DeepSpeed-Chat's reference-model recipe)."""
+    import deepspeed
+
+    config = {
+        key: ds_config[key]
+        for key in (
+            "train_micro_batch_size_per_gpu",
+            "gradient_accumulation_steps",
+            "train_batch_size",
+            "bf16",
+        )
+    }
+    config["zero_optimization"] = {"stage": 3}
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
 def memory_footprint(engine) -> dict[str, float]:
     """This rank's share of student parameters and optimizer state (MiB), and its peak RSS (MiB).
 

@@ -78,3 +78,16 @@ def test_elastic_resume_two_ranks_to_one(stage_runs, stage, tmp_path):
     assert (out / "checkpoints" / "universal" / "step000008" / "zero").is_dir()
     assert (out / "checkpoints" / "latest").read_text() == "step000016"
     assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+def test_partitioned_teacher_gives_the_same_losses(stage_runs, tmp_path):
+    """ZeRO-3-partitioned frozen teacher (for teachers too large for one device) == replicated one."""
+    torchrun(
+        tmp_path,
+        "train.max_steps=12",
+        "train.save_every=8",
+        "model.teacher_partitioned=true",
+        "train.deepspeed=configs/ds/zero0.json",
+    )
+    replicated = [m["loss"] for m in read_metrics(stage_runs[0])]
+    assert [m["loss"] for m in read_metrics(tmp_path)] == pytest.approx(replicated, rel=1e-5, abs=1e-6)
