@@ -46,22 +46,24 @@ def test_teacher_is_frozen_and_not_in_the_optimizer(uninterrupted):
     assert sum(p.numel() for p in flat) == n_student  # exactly the student's parameters, nothing more
 
 
-def test_kill_minus_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
-    out = tmp_path / "killed"
+def kill_after(out, steps: int, *overrides: str) -> None:
+    """Start training and `kill -9` it once `steps` steps are logged."""
     proc = subprocess.Popen(
-        train_cmd(out, "train.max_steps=24", "train.save_every=8"),
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        train_cmd(out, *overrides), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 240
-    while time.time() < deadline:  # kill once step 12 is logged (after the step-8 checkpoint)
-        if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 12:
-            break
-        time.sleep(0.2)
+    while time.time() < deadline and not (
+        (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= steps
+    ):
+        time.sleep(0.02)
     proc.kill()
     proc.wait()
-    assert (out / "checkpoints" / "latest").read_text() in ("step000008", "step000016")
+
+
+def test_kill_minus_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    kill_after(out, 12, "train.max_steps=24", "train.save_every=8")  # after the step-8 checkpoint
+    assert (out / "checkpoints" / "latest").read_text() in ("step000008", "step000016")  # not finished
     run_train(out, "train.max_steps=24", "train.save_every=8", resume="auto")
     resumed, full = read_metrics(out), read_metrics(uninterrupted)
     assert [m["step"] for m in resumed] == list(range(1, 25))
@@ -94,3 +96,16 @@ def test_bf16_trains_and_exports(tmp_path):
     assert all(loss == loss for loss in losses)  # no NaN
     assert sum(losses[-4:]) < sum(losses[:4])
     assert AutoModel.from_pretrained(tmp_path / "model").config.hidden_size == 32
+
+
+def test_crash_mid_save_leaves_the_previous_checkpoint_to_resume(uninterrupted, tmp_path):
+    """What a crash during a save leaves: a half-written newer tag folder, `latest` unmoved."""
+    out = tmp_path / "crashed"
+    kill_after(out, 10, "train.max_steps=24", "train.save_every=8")
+    latest = (out / "checkpoints" / "latest").read_text()
+    assert latest in ("step000008", "step000016")
+    half = out / "checkpoints" / f"step{int(latest.removeprefix('step')) + 4:06d}"
+    half.mkdir()
+    (half / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02truncated")
+    run_train(out, "train.max_steps=24", "train.save_every=8", resume="auto")
+    assert [m["loss"] for m in read_metrics(out)] == [m["loss"] for m in read_metrics(uninterrupted)]
