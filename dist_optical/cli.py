@@ -1,4 +1,4 @@
-"""`dist-optical` entry points: run, shard, train, eval, export, submit."""
+"""`dist-optical` entry points: run, shard, train, eval, export, submit, compare."""
 
 from __future__ import annotations
 
@@ -71,6 +71,20 @@ def _parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="train as a submitit job (SLURM with requeue, or this machine)")
     _config_args(submit)
     submit_arguments(submit)
+
+    compare = sub.add_parser(
+        "compare", help="train and evaluate an objective x language x seed grid; write results and report"
+    )
+    compare.add_argument(
+        "--config",
+        type=Path,
+        default=REPO_ROOT / "configs" / "compare.yaml",
+        help="comparison spec (default: %(default)s)",
+    )
+    compare.add_argument(
+        "--out", type=Path, default=Path("runs/compare"), help="output folder (default: %(default)s)"
+    )
+    compare.add_argument("--publish", type=Path, help="also copy report.md, plots and results.json here")
     return parser
 
 
@@ -148,6 +162,12 @@ def _submit(args: argparse.Namespace) -> None:
     submit_main(args)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from dist_optical.compare import run_compare
+
+    run_compare(args.config, args.out, args.publish)
+
+
 COMMANDS = {
     "run": _run,
     "shard": _shard,
@@ -155,4 +175,5 @@ COMMANDS = {
     "eval": _eval,
     "export": _export,
     "submit": _submit,
+    "compare": _compare,
 }

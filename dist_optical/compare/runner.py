@@ -1,0 +1,258 @@
+"""`dist-optical compare`: train and evaluate every run of a spec, one after another, then report.
+
+Output folder (``--out``, default ``runs/compare``):
+  runs/LANG/OBJECTIVE/pairs-N/seedS/   one training run (config.yaml, metrics.jsonl, tb/) and its
+                                       result.json; zero-shot runs: runs/LANG/OBJECTIVE/result.json
+  results.json                         every run's numbers, the summary, the splits, the timing
+  report.md, *.png                     the report and its plots (`compare.report`)
+
+A run is finished when its result.json exists (written atomically, last) and was made from the
+same resolved config; finished runs are skipped, so re-running after an interruption continues.
+A run whose config changed since is run again from scratch. Checkpoints and the exported
+student are deleted once result.json is written, unless the spec says ``keep_models: true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from dist_optical.compare.report import summarise, write_report
+from dist_optical.compare.spec import RunKey, Spec, load_spec, plan
+from dist_optical.config import Config, config_hash, config_to_dict, repo_path
+from dist_optical.data.bitext import verse_book
+
+log = logging.getLogger("dist_optical.compare")
+
+RESULT = "result.json"
+# Diagnostics are averaged over the last steps: one step's batch of 16 is a noisy estimate.
+TAIL_STEPS = 10
+DIAGNOSTICS = (
+    "collapse/student_cos",
+    "ot/plan_entropy",
+    "ot/cost_mean",
+    "english/student_teacher_cos",
+    "loss",
+)
+
+
+def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -> dict[str, Any]:
+    """Run (or skip) every planned run, then write results.json, report.md and the plots."""
+    started, load_start = time.time(), os.getloadavg()
+    spec = load_spec(spec_path)
+    keys = plan(spec)
+    configs = {
+        key: spec.run_config(key) if key.trains else spec.language_config(key.language) for key in keys
+    }
+    check_configs(spec, configs)
+    languages = list(dict.fromkeys(key.language for key in keys))
+    splits = {language: check_split(language, spec.language_config(language)) for language in languages}
+
+    records, skipped = [], 0
+    for language in languages:
+        evaluator = _LazyEvaluator(spec.language_config(language))
+        for key in (k for k in keys if k.language == language):
+            position = f"[{keys.index(key) + 1}/{len(keys)}]"
+            record, was_skipped = run_one(
+                key, configs[key], out / "runs" / key.folder(), evaluator, spec.keep_models
+            )
+            skipped += was_skipped
+            records.append(record)
+            log.info("%s %s %s", position, "skipped (finished)" if was_skipped else "done", key.folder())
+        evaluator.release()
+
+    results = {
+        "spec": str(spec.path),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "wall_s": time.time() - started,
+        "runs_total": len(records),
+        "runs_skipped": skipped,
+        "cpus": os.cpu_count(),
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        "grids": {name: vars(grid) for name, grid in spec.grids.items()},
+        "settings": run_settings(
+            next(configs[k] for k in keys if k.trains) if any(k.trains for k in keys) else None
+        ),
+        "splits": splits,
+        "runs": records,
+        "summary": summarise(records),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", results)
+    files = write_report(results, spec, out)
+    if publish is not None:
+        publish.mkdir(parents=True, exist_ok=True)
+        for path in [out / "results.json", *files]:
+            shutil.copy2(path, publish / path.name)
+        log.info("published %s to %s", ", ".join(p.name for p in files), publish)
+    log.info(
+        "compare: %d runs (%d skipped) in %.1f min -> %s", len(records), skipped, results["wall_s"] / 60, out
+    )
+    return results
+
+
+def check_configs(spec: Spec, configs: dict[RunKey, Config]) -> None:
+    """Fail before any training: each objective must build, and every run of a language must be
+    evaluated exactly as the language's zero-shot row is (same sets, same teacher, same length)."""
+    from dist_optical.evalsets import KINDS
+    from dist_optical.losses import Objective
+
+    for key, cfg in configs.items():
+        if key.trains:
+            try:
+                Objective(cfg.loss, cfg.ot, cfg.contrastive)
+            except ValueError as err:
+                raise ValueError(f"{spec.path}: objectives.{key.objective}: {err}") from err
+        reference = spec.language_config(key.language)
+        for field in ("eval", "teacher", "max_length", "pooling", "tiny"):
+            ours = cfg.eval if field == "eval" else getattr(cfg.model, field)
+            theirs = reference.eval if field == "eval" else getattr(reference.model, field)
+            if ours != theirs:
+                raise ValueError(
+                    f"{spec.path}: objectives.{key.objective} changes {field} for {key.language}: runs of a "
+                    "language must be evaluated alike (set it in overrides or languages instead)"
+                )
+        for eval_set in cfg.eval.sets:
+            if eval_set.kind not in KINDS:
+                raise ValueError(
+                    f"{spec.path}: languages.{key.language}: eval set {eval_set.name!r}: kind "
+                    f"{eval_set.kind!r}: expected one of {', '.join(KINDS)}"
+                )
+        if not cfg.eval.sets:
+            raise ValueError(f"{spec.path}: languages.{key.language}: eval.sets is empty")
+
+
+def check_split(language: str, cfg: Config) -> dict[str, Any]:
+    """Build the language's shards (once) and check that no training pair is a held-out Bible
+    eval verse: the split is by book, and it is checked on the keys, not assumed from the config."""
+    from dist_optical.data import ShardStream
+    from dist_optical.data.prepare import ensure_shards
+    from dist_optical.evalsets import check_disjoint, load_eval_set
+
+    manifest = ensure_shards(cfg, is_main=True)
+    train_keys = [sample["key"] for sample in ShardStream(manifest, shuffle=False)]
+    split: dict[str, Any] = {
+        "shards": cfg.data.shards,
+        "bitext": cfg.data.bitext,
+        "train_pairs": len(train_keys),
+        "exclude_books": cfg.data.exclude_books,
+        "eval": {},
+    }
+    for eval_set in cfg.eval.sets:
+        if eval_set.kind != "bible":
+            continue
+        data = load_eval_set(cfg, eval_set)
+        check_disjoint(train_keys, data.keys, f"{language}: eval set {eval_set.name}")
+        split["train_books"] = sorted({verse_book(key) for key in train_keys})
+        split["eval"][eval_set.name] = {"books": eval_set.books, "verses": len(data.keys), "overlap": 0}
+    return split
+
+
+class _LazyEvaluator:
+    """The language's teacher and target embeddings, built on first use (not at all when every
+    run of the language is finished) and shared by all its runs."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._evaluator = None
+
+    def get(self):
+        if self._evaluator is None:
+            from dist_optical.evaluate import Encoder
+            from dist_optical.pipeline import Evaluator
+
+            model = self.cfg.model
+            teacher = Encoder.load(model.teacher, model.max_length, model.pooling, model.tiny)
+            self._evaluator = Evaluator(self.cfg, teacher)
+        return self._evaluator
+
+    def release(self) -> None:
+        self._evaluator = None
+
+
+def run_one(
+    key: RunKey, cfg: Config, run_dir: Path, evaluator: _LazyEvaluator, keep_models: bool
+) -> tuple[dict[str, Any], bool]:
+    """Train (unless zero-shot) and evaluate one run -> (its record, whether it was skipped)."""
+    digest = config_hash(cfg)
+    result_path = run_dir / RESULT
+    if result_path.is_file():
+        record = json.loads(result_path.read_text(encoding="utf-8"))
+        if record.get("config_hash") == digest:
+            return record, True
+        log.warning("%s: its config changed since it finished; running it again", key.folder())
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "language": key.language,
+        "objective": key.objective,
+        "pairs": key.pairs,
+        "seed": key.seed if key.trains else None,
+        "folder": key.folder(),
+        "config_hash": digest,
+    }
+    t0 = time.perf_counter()
+    if key.trains:
+        from dist_optical.evaluate import Encoder
+        from dist_optical.train import train
+
+        summary = train(cfg, run_dir, resume="auto")
+        record["train_wall_s"] = time.perf_counter() - t0
+        model = Encoder.load(summary["model"], cfg.model.max_length, cfg.model.pooling)
+        record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
+        t0 = time.perf_counter()
+        results = evaluator.get()(model)
+    else:
+        results = evaluator.get()(evaluator.get().teacher)
+    record["eval_wall_s"] = time.perf_counter() - t0
+    record["results"] = results
+    write_json_atomic(result_path, record)  # last: from here on the run counts as finished
+    if key.trains and not keep_models:  # ~400 MB a run; the numbers are in result.json
+        for name in ("checkpoints", "model"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+    return record, False
+
+
+def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, Any]:
+    """Steps, training pairs (the pool and how many were drawn) and the diagnostics of the first
+    and last `TAIL_STEPS` steps (why a run failed: the collapse signal and the plan entropy)."""
+    from dist_optical.data.shards import load_manifest
+
+    total = load_manifest(repo_path(cfg.data.shards))["total_pairs"]
+    lines = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
+    return {
+        "steps": steps,
+        "pairs_pool": min(total, cfg.data.max_pairs) if cfg.data.max_pairs else total,
+        "pairs_seen": steps * cfg.train.micro_batch_size * cfg.train.grad_accum,
+        "diagnostics": {
+            "first": _mean_of(lines[:TAIL_STEPS]),
+            "last": _mean_of(lines[-TAIL_STEPS:]),
+        },
+    }
+
+
+def _mean_of(lines: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        name: sum(line[name] for line in lines) / len(lines)
+        for name in DIAGNOSTICS
+        if lines and all(name in line for line in lines)
+    }
+
+
+def run_settings(cfg: Config | None) -> dict[str, Any]:
+    """The settings every training run shares (those of the first run), for the report's setup."""
+    if cfg is None:
+        return {}
+    full = config_to_dict(cfg)
+    return {section: full[section] for section in ("model", "ot", "contrastive", "train")}
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""The comparison spec (`configs/compare.yaml`): a base run config, named per-language and
+per-objective overrides, and grids of (languages x objectives x seeds x training-pair budgets).
+
+Every override is a nested mapping merged into the base config's YAML the way a reader expects:
+sections (``train``, ``ot``, ...) merge key by key, anything else (``loss``, ``eval.sets``, a
+list) is replaced whole, so ``{loss: {contrastive: 1.0}}`` means InfoNCE alone. The merged
+mapping goes through the same typed builder as every config, so an unknown key or a wrong type
+is an error that names the spec entry and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dist_optical.config import Config, ConfigError, _build, repo_path
+
+# The objective that trains nothing: the teacher itself encodes the foreign queries.
+ZERO_SHOT = None
+TOP_KEYS = ("base", "overrides", "languages", "objectives", "grids", "keep_models")
+
+
+@dataclass
+class Grid:
+    languages: list[str] = field(default_factory=list)
+    objectives: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # data.max_pairs budgets for the low-resource curve (0 = every training pair).
+    pairs: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One cell of the comparison. Zero-shot runs have seed -1 and pairs 0: nothing is trained."""
+
+    language: str
+    objective: str
+    pairs: int
+    seed: int
+
+    @property
+    def trains(self) -> bool:
+        return self.seed >= 0
+
+    def folder(self) -> str:
+        if not self.trains:
+            return f"{self.language}/{self.objective}"
+        return f"{self.language}/{self.objective}/pairs-{self.pairs or 'all'}/seed{self.seed}"
+
+
+@dataclass
+class Spec:
+    path: Path
+    base: str
+    overrides: dict[str, Any]
+    languages: dict[str, dict[str, Any]]
+    objectives: dict[str, dict[str, Any] | None]
+    grids: dict[str, Grid]
+    keep_models: bool = False
+
+    def language_config(self, language: str) -> Config:
+        """The base config with the shared and the language's overrides: what zero-shot uses."""
+        return self._build([self.overrides, self.languages[language]], f"languages.{language}")
+
+    def run_config(self, key: RunKey) -> Config:
+        """The full config of one training run."""
+        run = {"train": {"seed": key.seed}, "data": {"max_pairs": key.pairs}}
+        layers = [self.overrides, self.languages[key.language], self.objectives[key.objective] or {}, run]
+        return self._build(layers, f"objectives.{key.objective} for {key.language}")
+
+    def _build(self, layers: list[dict[str, Any]], where: str) -> Config:
+        base_path = repo_path(self.base)
+        raw = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        for layer in layers:
+            raw = merge(raw, layer)
+        return _build(Config, raw, f"{self.path} ({where})")
+
+
+def merge(raw: dict[str, Any], override: dict[str, Any], cls: type = Config) -> dict[str, Any]:
+    """``raw`` updated by ``override``: config sections (dataclasses) merge, other values replace."""
+    out = copy.deepcopy(raw)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in override.items():
+        hint = hints.get(key) if key in names else None
+        if hint is not None and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            section = out.get(key)
+            out[key] = merge(section if isinstance(section, dict) else {}, value, hint)
+        else:
+            out[key] = copy.deepcopy(value)  # an unknown key too: the builder names it
+    return out
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and check a spec: names used by the grids must be defined, every run config must build."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"compare spec not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
+    for key in ("base", "languages", "objectives", "grids"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: {key!r} is required")
+    spec = Spec(
+        path=path,
+        base=_typed(raw["base"], str, path, "base"),
+        overrides=_mapping(raw.get("overrides") or {}, path, "overrides"),
+        languages={
+            name: _mapping(value or {}, path, f"languages.{name}")
+            for name, value in _mapping(raw["languages"], path, "languages").items()
+        },
+        objectives={
+            name: ZERO_SHOT if value is None else _mapping(value, path, f"objectives.{name}")
+            for name, value in _mapping(raw["objectives"], path, "objectives").items()
+        },
+        grids={
+            name: _build(Grid, value, str(path), f"grids.{name}.")
+            for name, value in _mapping(raw["grids"], path, "grids").items()
+        },
+        keep_models=_typed(raw.get("keep_models", False), bool, path, "keep_models"),
+    )
+    if not repo_path(spec.base).is_file():
+        raise ConfigError(f"{path}: base config {spec.base!r} not found")
+    for name, grid in spec.grids.items():
+        for kind, names, known in (
+            ("language", grid.languages, spec.languages),
+            ("objective", grid.objectives, spec.objectives),
+        ):
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise ConfigError(f"{path}: grids.{name}: {kind} {missing[0]!r} is not defined")
+        if any(seed < 0 for seed in grid.seeds) or any(pairs < 0 for pairs in grid.pairs):
+            raise ConfigError(f"{path}: grids.{name}: seeds and pairs must be >= 0")
+    return spec
+
+
+def plan(spec: Spec) -> list[RunKey]:
+    """Every distinct run of every grid, in language order (so each language's eval sets are
+    embedded once), zero-shot first; a run named by two grids is planned (and trained) once."""
+    keys: dict[RunKey, None] = {}
+    for language in spec.languages:
+        for grid in spec.grids.values():
+            if language not in grid.languages:
+                continue
+            for objective in grid.objectives:
+                if spec.objectives[objective] is ZERO_SHOT:
+                    keys[RunKey(language, objective, 0, -1)] = None
+                    continue
+                for pairs in grid.pairs:
+                    for seed in grid.seeds:
+                        keys[RunKey(language, objective, pairs, seed)] = None
+    return sorted(keys, key=lambda k: (list(spec.languages).index(k.language), k.trains))
+
+
+def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _typed(value: Any, kind: type, path: Path, key: str) -> Any:
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: {key}: expected {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,189 @@
+"""`dist-optical compare` on the tiny model: the report agrees with results.json, finished runs are
+never retrained, an interrupted grid continues, and the by-book split is checked on the keys."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from train.helpers import cli_env  # tests/ is on sys.path (rootdir without __init__.py)
+
+from dist_optical.compare.report import fmt, headline, row_name
+from dist_optical.compare.runner import check_split
+from dist_optical.compare.spec import load_spec, plan
+from dist_optical.config import REPO_ROOT, ConfigError, load_config
+
+SPEC = """
+base: configs/tiny.yaml
+overrides:
+  train: {max_steps: 4, log_every: 2, warmup_steps: 1}
+languages:
+  swh:
+    eval:
+      sets:
+        - {name: tatoeba-swh, queries: tatoeba/tatoeba.swh-eng.swh, targets: tatoeba/tatoeba.swh-eng.eng,
+           max_pairs: 60}
+        - {name: rev-swh, kind: bible, queries: bible/Swahili-NT.xml, targets: bible/English-KJV-NT.xml,
+           books: [REV], max_pairs: 60}
+objectives:
+  zero-shot: null
+  ot: {loss: {ot: 1.0}}
+  infonce: {loss: {contrastive: 1.0}}
+grids:
+  main: {languages: [swh], objectives: [zero-shot, ot, infonce], seeds: [0, 1]}
+"""
+
+
+def compare(spec, out) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dist_optical", "compare", "--config", str(spec), "--out", str(out)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    spec = root / "compare.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    compare(spec, root / "out")
+    return spec, root / "out"
+
+
+def test_report_numbers_match_results_json(compared):
+    _, out = compared
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs_total"] == 5 and results["runs_skipped"] == 0
+    assert {(r["objective"], r["seed"]) for r in results["runs"]} == {
+        ("zero-shot", None),
+        ("ot", 0),
+        ("ot", 1),
+        ("infonce", 0),
+        ("infonce", 1),
+    }
+    summary = results["summary"]["swh"]
+    report = (out / "report.md").read_text()
+    table = [line for line in report.splitlines() if re.match(r"\| (zero-shot|ot|infonce) \| \d \|", line)]
+    assert len(table) == 3
+    sets = {"tatoeba-swh": "parallel", "rev-swh": "bible"}
+    for line in table:
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        row = summary[row_name(cells[0], 0)]
+        assert int(cells[1]) == row["n"] == (1 if cells[0] == "zero-shot" else 2)
+        for cell, (name, kind) in zip(cells[2:4], sets.items(), strict=True):
+            assert cell == fmt(row["metrics"][name]["src->tgt"][headline(kind)], row["n"])
+    # each summary mean is the mean of its runs' result files
+    ot_runs = [json.loads((out / f"runs/swh/ot/pairs-all/seed{s}/result.json").read_text()) for s in (0, 1)]
+    values = [run["results"]["rev-swh"]["src->tgt"]["acc@1"] for run in ot_runs]
+    assert summary["ot/pairs-all"]["metrics"]["rev-swh"]["src->tgt"]["acc@1"]["mean"] == pytest.approx(
+        sum(values) / 2
+    )
+    assert results["splits"]["swh"]["eval"]["rev-swh"] == {"books": ["REV"], "verses": 60, "overlap": 0}
+    assert "REV" not in results["splits"]["swh"]["train_books"]
+    assert "| swh | 7449 |" in report and "![main](main.png)" in report
+    assert (out / "main.png").stat().st_size > 0
+    diagnostics = summary["ot/pairs-all"]["diagnostics"]["last"]
+    assert "ot/plan_entropy" in diagnostics and "collapse/student_cos" in diagnostics
+    assert not (out / "runs/swh/ot/pairs-all/seed0/checkpoints").exists()  # deleted once evaluated
+
+
+def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
+    spec, out = compared
+    runs = out / "runs" / "swh"
+    finished = sorted(runs.rglob("result.json"))
+    assert len(finished) == 5
+    stamps = {path: path.stat().st_mtime_ns for path in [*finished, *runs.rglob("metrics.jsonl")]}
+    proc = compare(spec, out)
+    assert proc.stderr.count("skipped (finished)") == 5
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    assert json.loads((out / "results.json").read_text())["runs_skipped"] == 5
+
+    # An interruption after training but before evaluation leaves no result.json: only that run is redone.
+    redo = runs / "infonce" / "pairs-all" / "seed1" / "result.json"
+    redo.unlink()
+    proc = compare(spec, out)
+    assert proc.stderr.count("skipped (finished)") == 4 and "done swh/infonce/pairs-all/seed1" in proc.stderr
+    assert redo.is_file()
+    assert all(
+        path.stat().st_mtime_ns == stamp for path, stamp in stamps.items() if path.parent != redo.parent
+    )
+
+
+def xml_bible(path, books):
+    segs = "".join(
+        f'<seg id="b.{book}.1.{v}" type="verse">{book} verse {v}</seg>' for book in books for v in (1, 2)
+    )
+    path.write_text(f"<cesDoc><text><body>{segs}</body></text></cesDoc>", encoding="utf-8")
+
+
+@pytest.mark.parametrize("exclude", [["REV"], []])
+def test_by_book_split_is_checked_on_the_shard_keys(tmp_path, exclude):
+    xml_bible(tmp_path / "xx.xml", ["MAT", "JUD", "REV"])
+    xml_bible(tmp_path / "en.xml", ["MAT", "JUD", "REV"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tmp_path}",
+            "data.bitext=[xx.xml, en.xml]",
+            f"data.shards={tmp_path / 'shards'}",
+            f"data.exclude_books={exclude}",
+            "eval.sets=[{name: rev, kind: bible, queries: xx.xml, targets: en.xml, books: [REV]}]",
+        ],
+    )
+    if exclude:
+        split = check_split("xx", cfg)
+        assert split["train_pairs"] == 4 and split["train_books"] == ["JUD", "MAT"]
+        assert split["eval"]["rev"] == {"books": ["REV"], "verses": 2, "overlap": 0}
+    else:
+        with pytest.raises(ValueError, match=r"xx: eval set rev: 2 evaluation keys are also training keys"):
+            check_split("xx", cfg)
+
+
+def write_spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_overrides_merge_sections_and_replace_the_loss(tmp_path):
+    spec = load_spec(
+        write_spec(tmp_path, SPEC.replace("ot: {loss: {ot: 1.0}}", "ot: {loss: {ot: 1.0}, ot: {rho: 0.5}}"))
+    )
+    keys = plan(spec)
+    assert [k.folder() for k in keys] == [
+        "swh/zero-shot",
+        "swh/ot/pairs-all/seed0",
+        "swh/ot/pairs-all/seed1",
+        "swh/infonce/pairs-all/seed0",
+        "swh/infonce/pairs-all/seed1",
+    ]
+    ot = spec.run_config(keys[2])
+    assert ot.loss == {"ot": 1.0}  # replaced, not merged with the base's {ot, contrastive}
+    assert (ot.ot.rho, ot.ot.eps, ot.ot.max_iters) == (0.5, 0.1, 30)  # merged with tiny.yaml's ot section
+    assert (ot.train.seed, ot.train.max_steps, ot.train.lr) == (1, 4, 3.0e-3)
+    assert spec.run_config(keys[3]).loss == {"contrastive": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("ot: {loss: {ot: 1.0}}", "ot: {ot: {rhoo: 1.0}}"), "unknown config key 'ot.rhoo'"),
+        (("objectives: [zero-shot, ot, infonce]", "objectives: [zero-shot, otto]"), "objective 'otto'"),
+        (("languages: [swh]", "languages: [zul]"), "language 'zul' is not defined"),
+        (("grids:", "keep: 1\ngrids:"), "unknown key 'keep'"),
+    ],
+)
+def test_spec_errors_name_the_key(tmp_path, change, message):
+    path = write_spec(tmp_path, SPEC.replace(*change))
+    with pytest.raises(ConfigError, match=message):
+        spec = load_spec(path)
+        [spec.run_config(key) for key in plan(spec) if key.trains]
