@@ -64,7 +64,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.resume = resume
 
     def __call__(self) -> dict[str, Any]:
-        from dist_optical.train import train
+        from dist_optical.train import train  # in the job only: submitting needs no deepspeed import
 
         log_to_stderr()
         env = submitit.JobEnvironment()
@@ -79,11 +79,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise
 
     def _resume_mode(self) -> str:
-        # An explicit --resume PATH seeds the first start only: once this run folder holds its own
-        # checkpoint, any (SLURM- or submitit-driven) restart must continue from it instead.
-        if self.resume not in ("", "auto") and resolve_resume("auto", self.out) is not None:
-            return "auto"
-        return self.resume
+        # `resume` (a PATH, or "" for fresh) applies to the first start only: once this run folder
+        # holds its own checkpoint, any restart (SLURM re-runs the original submission after a
+        # SIGTERM requeue) must continue from it rather than redo or overwrite it.
+        return "auto" if resolve_resume("auto", self.out) is not None else self.resume
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit before it requeues: the state is already on disk (PreemptBridge)."""

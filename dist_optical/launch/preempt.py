@@ -26,6 +26,7 @@ from types import FrameType
 
 import torch
 
+from dist_optical.engine import dist
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 
 log = logging.getLogger("dist_optical.launch")
@@ -74,7 +75,7 @@ class PreemptBridge:
         stop = trainer_stop_request()
         signum = stop.signum if stop is not None else None
         reason = _NONE if signum is None else _USR2 if signum == signal.SIGUSR2 else _OTHER
-        flag = torch.tensor([reason])
+        flag = torch.tensor([reason], device=dist.device())  # NCCL reduces CUDA tensors only
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if int(flag.item()) == _USR2:

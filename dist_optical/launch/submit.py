@@ -23,7 +23,7 @@ import submitit
 from dist_optical.config import Config, config_to_dict, load_config
 from dist_optical.launch.cluster import CLUSTERS, SubmitError, check_slurm, resolve_cluster
 
-# USR2 comes this long before the time limit: enough for the step in flight plus a checkpoint.
+# SLURM sends USR2 this long before the time limit: room for the step in flight plus a checkpoint.
 SIGNAL_DELAY_S = 120
 
 
@@ -126,6 +126,7 @@ def sweep_points(specs: list[str]) -> list[list[str]]:
 
 
 def run_name(point: list[str]) -> str:
+    """A sweep point's folder name: ['train.lr=0.001', 'train.seed=1'] -> 'train.lr=0.001_train.seed=1'."""
     return "_".join(point).replace("/", "-") or "run"
 
 
@@ -157,6 +158,7 @@ def plan_runs(config: Path, overrides: list[str], out: Path, sweep: list[str]) -
 
 def check_resume(resume: str, run: Run) -> None:
     """Fail now, not after the queue wait: a missing checkpoint, or one from a different setup."""
+    # Imported here (and TrainJob in submit()): they pull in torch, and every CLI call imports this module.
     from dist_optical.engine.checkpoint import check_compatible, resolve_resume
 
     found = resolve_resume(resume, run.out)  # raises FileNotFoundError for a PATH without a checkpoint

@@ -205,13 +205,15 @@ def test_local_clusters_refuse_what_they_cannot_run(tmp_path, cluster, res, mess
         submit(TINY, [], tmp_path / "run", res, cluster=cluster)
 
 
-def test_requeue_resumes_from_the_run_folder(tmp_path):
+@pytest.mark.parametrize("first", ["", "seed"])
+def test_restarts_resume_from_the_run_folder(tmp_path, first):
     cfg = plan_runs(TINY, [], tmp_path, [])[0].cfg
-    job = TrainJob(cfg, tmp_path, resume=str(tmp_path / "seed" / "checkpoints"))
-    assert job._resume_mode() == str(tmp_path / "seed" / "checkpoints")  # first start: the given checkpoint
+    seed = str(tmp_path / first / "checkpoints") if first else ""
+    job = TrainJob(cfg, tmp_path, resume=seed)
+    assert job._resume_mode() == seed  # first start: fresh, or the given checkpoint
     (tmp_path / "checkpoints" / "step000004").mkdir(parents=True)
     (tmp_path / "checkpoints" / "latest").write_text("step000004")
-    assert job._resume_mode() == "auto"  # a restart continues this run, whatever seeded it
+    assert job._resume_mode() == "auto"  # a restart continues this run, whatever the first start was
     requeued = job.checkpoint()
     assert (requeued.function.out, requeued.function.resume) == (tmp_path, "auto")
 
