@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from train.helpers import cli_env  # tests/ is on sys.path (rootdir-relative test modules)
 
 from dist_optical.config import REPO_ROOT
-
-from .train.helpers import cli_env
 
 TATOEBA = REPO_ROOT.parent / "shared" / "data" / "tatoeba"
 SETS = (

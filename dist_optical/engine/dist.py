@@ -95,7 +95,8 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return dict(values)
     names = sorted(values)
-    packed = torch.tensor([values[name] for name in names], dtype=torch.float64)
+    # On the accelerator: an NCCL-only process group cannot reduce CPU tensors.
+    packed = torch.tensor([values[name] for name in names], dtype=torch.float64, device=device())
     torch.distributed.all_reduce(packed)
     packed /= torch.distributed.get_world_size()
     return dict(zip(names, packed.tolist(), strict=True))

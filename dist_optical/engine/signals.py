@@ -11,6 +11,8 @@ import signal
 
 import torch
 
+from dist_optical.engine.dist import device
+
 log = logging.getLogger("dist_optical.signals")
 
 # Exit status after a signal-triggered checkpoint: EX_TEMPFAIL, "try again" (resume with --resume auto).
@@ -35,7 +37,8 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """True on every rank if any rank was signalled (one tiny all-reduce per step)."""
-        flag = torch.tensor([1.0 if self.signum is not None else 0.0])
+        # On the accelerator: an NCCL-only process group cannot reduce CPU tensors.
+        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=device())
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
