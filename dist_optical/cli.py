@@ -24,6 +24,8 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-optical", description=__doc__)
+    # The deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same.
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
