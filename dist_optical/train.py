@@ -29,6 +29,7 @@ from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 from dist_optical.export import export_checkpoint
 from dist_optical.losses import Objective, idf_table
 from dist_optical.models import (
+    Encoded,
     check_tokenizer_fits,
     encode,
     freeze,
@@ -145,65 +146,53 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
             "world_size": env.world_size,
         }
 
+    def encode_side(model, input_ids, attention_mask, special) -> Encoded:
+        return encode(
+            model, input_ids.to(device), attention_mask.to(device), special, cfg.model.pooling
+        ).float()
+
+    def save(step: int) -> Path:
+        return checkpoint.save(engine, ckpt_dir, step, client_state(step), env.is_main, cfg.train.keep_last)
+
     stop = StopRequest().install()
     batches = iter(loader)
     samples_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * env.world_size
-    progress = tqdm(
-        range(start_step, cfg.train.max_steps),
-        initial=start_step,
-        total=cfg.train.max_steps,
-        desc="train",
-        disable=not env.is_main,
-        dynamic_ncols=True,
-    )
+    progress = tqdm(range(start_step, cfg.train.max_steps), initial=start_step, total=cfg.train.max_steps,
+                    desc="train", disable=not env.is_main, dynamic_ncols=True)  # fmt: skip
     engine.train()
     for step in progress:
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
         for micro in range(cfg.train.grad_accum):
             batch = next(batches)
-            if not batch["key"]:
-                raise RuntimeError(
-                    f"step {step + 1}: every sample of this rank's micro-batch was skipped as unreadable "
-                    f"(data.on_error=skip; counts so far: {loader.error_counts()}); the shards are too "
-                    "damaged to train on: rebuild them with `dist-optical shard`"
-                )
+            check_not_empty(batch, step, loader)
             # Seed after fetching: a new epoch's DataLoader draws from the global RNG, and dropout
             # must not depend on when that happens (it differs between a resumed and a straight run).
             torch.manual_seed(step_seed(cfg.train.seed, env.rank, step * cfg.train.grad_accum + micro))
             with torch.no_grad():
-                english = encode(
-                    teacher,
-                    batch["tgt_input_ids"].to(device),
-                    batch["tgt_attention_mask"].to(device),
-                    teacher_special,
-                    cfg.model.pooling,
+                english = encode_side(
+                    teacher, batch["tgt_input_ids"], batch["tgt_attention_mask"], teacher_special
                 )
-            foreign = encode(
-                engine,
-                batch["src_input_ids"].to(device),
-                batch["src_attention_mask"].to(device),
-                student_special,
-                cfg.model.pooling,
+            foreign = encode_side(
+                engine, batch["src_input_ids"], batch["src_attention_mask"], student_special
             )
             student_english = None
             if objective.needs_student_english:  # English through the student too, by its own tokenizer
                 ids = tokenize(student_tok, batch["tgt"], cfg.model.max_length)
-                student_english = encode(
-                    engine,
-                    ids["input_ids"].to(device),
-                    ids["attention_mask"].to(device),
-                    student_special,
-                    cfg.model.pooling,
-                ).float()
+                student_english = encode_side(
+                    engine, ids["input_ids"], ids["attention_mask"], student_special
+                )
             try:
-                loss, stats = objective(english.float(), foreign.float(), student_english)
+                loss, stats = objective(english, foreign, student_english)
             except FloatingPointError as err:
-                raise FloatingPointError(f"step {step}: {err} (batch keys {batch['key'][:4]}...)") from err
+                raise FloatingPointError(
+                    f"step {step + 1}: {err} (batch keys {batch['key'][:4]}...)"
+                ) from err
             engine.backward(loss)
             engine.step()
             for name, value in {"loss": loss.item(), **stats}.items():  # .item(): a host sync, once per micro
                 totals[name] = totals.get(name, 0.0) + value / cfg.train.grad_accum
+
         metrics = dist.mean_across_ranks({**totals, **memory_footprint(engine)})
         metrics.update(
             step=step + 1,
@@ -214,39 +203,43 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         logger.log(metrics)
         if env.is_main:
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", cos=f"{metrics['collapse/student_cos']:.2f}")
-            if (
-                metrics["collapse/student_cos"] > cfg.train.collapse_threshold
-                and (step + 1) % cfg.train.log_every == 0
-            ):
-                log.warning(
-                    "step %d: student sentence embeddings are collapsing (mean pairwise cosine %.3f > %.2f)",
-                    step + 1,
-                    metrics["collapse/student_cos"],
-                    cfg.train.collapse_threshold,
-                )
+            if (step + 1) % cfg.train.log_every == 0:
+                warn_if_collapsing(metrics, cfg.train.collapse_threshold)
         if stop.agreed():
-            checkpoint.save(
-                engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last
-            )
+            save(step + 1)
             logger.close()
             log.warning(
                 "checkpointed at step %d after a stop signal; exiting %d", step + 1, PREEMPTED_EXIT_CODE
             )
             raise SystemExit(PREEMPTED_EXIT_CODE)
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
-            checkpoint.save(
-                engine, ckpt_dir, step + 1, client_state(step + 1), env.is_main, cfg.train.keep_last
-            )
+            save(step + 1)
 
     final_step = max(cfg.train.max_steps, start_step)
-    saved = checkpoint.save(
-        engine, ckpt_dir, final_step, client_state(final_step), env.is_main, cfg.train.keep_last
-    )
+    saved = save(final_step)
     if env.is_main:  # one export path for every ZeRO stage: consolidate from the checkpoint just written
         export_checkpoint(saved, out / "model")
     dist.barrier()
     logger.close()
     return {"steps": final_step, "run_dir": str(out), "model": str(out / "model")}
+
+
+def check_not_empty(batch: dict[str, Any], step: int, loader: ShardLoader) -> None:
+    if not batch["key"]:
+        raise RuntimeError(
+            f"step {step + 1}: every sample of this rank's micro-batch was skipped as unreadable "
+            f"(data.on_error=skip; counts so far: {loader.error_counts()}); the shards are too "
+            "damaged to train on: rebuild them with `dist-optical shard`"
+        )
+
+
+def warn_if_collapsing(metrics: dict[str, float], threshold: float) -> None:
+    """The failure mode of OT alone from an English-vocabulary start: every sentence, one vector."""
+    if metrics["collapse/student_cos"] > threshold:
+        log.warning(
+            "step %d: student sentence embeddings are collapsing (mean pairwise cosine %.3f > %.2f)",
+            metrics["step"], metrics["collapse/student_cos"], threshold,
+        )  # fmt: skip
 
 
 def export_meta(cfg: Config) -> dict[str, Any]:
