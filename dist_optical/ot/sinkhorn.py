@@ -9,10 +9,12 @@ whose solution is P_ij = exp((f_i + g_j - C_ij) / eps) for dual potentials f (B,
 Algorithm (Schmitzer's absorption, arXiv 1610.06519): the first iteration, and every step of
 an optional epsilon schedule, is an exact log-domain (logsumexp) update of f and g. The
 remaining iterations are cheap exp-domain scaling updates u <- a / (K v), v <- b / (K^T u) on
-the kernel K = exp((f + g - C) / eps), done as batched matrix-vector products; every
-``check_every`` iterations the scalings are absorbed into the potentials (f += eps log u,
-g += eps log v) and K is rebuilt, which keeps all numbers in range even for small eps. With
-exact arithmetic the iterates are those of ``ot.bregman.sinkhorn_log`` (v then u), one for one.
+the kernel K = exp((f + g - C) / eps), done as batched matrix-vector products. Every
+``check_every`` iterations (one host sync) the scalings are checked: once any leaves a safe
+range (|log| > 21.8 in fp32) they are absorbed into the potentials (f += eps log u,
+g += eps log v) and K is rebuilt, which keeps all numbers in range even for small eps; within
+a block, denominators are clamped so that nothing divides by 0. With exact arithmetic the
+iterates are those of ``ot.bregman.sinkhorn_log`` (v then u), one for one.
 
 Unbalanced (``rho``, POT's ``reg_m`` with ``reg_type="kl"``): the marginal constraints become
 penalties rho * KL(P 1 | a) + rho * KL(P^T 1 | b) and the entropy is taken relative to a b^T,
@@ -88,8 +90,9 @@ def sinkhorn(
             ``rho``: once the plan's column sums change by less than tol, L1, between two checks);
             it is checked every ``check_every`` iterations only, since each check is a host sync.
             None: always run ``max_iters``.
-        check_every: iterations between absorptions of the scalings into the potentials (and
-            tol checks); keep it near 10 for small eps in fp32, where long blocks lose accuracy.
+        check_every: iterations between checks of the scalings' range (absorbed into the
+            potentials when needed) and of tol: one host sync each; keep it near 10 for small
+            eps in fp32, where long blocks lose accuracy.
         grad: "envelope": solve under no_grad and return a detached plan, so the caller's
             ``(plan * cost).sum()`` has gradient P w.r.t. the cost (the envelope theorem for
             the regularised OT value); "unrolled": autograd through every iteration.
@@ -150,15 +153,23 @@ def _solve(
             logits, a, b, f, g, eps, rho, done, max_iters, tol, check_every, row, col
         )
 
-    plan = _plan(logits, f, g, eps)
+    # The plan is u^T * kernel * v, scalings u (B, 1, n) and v (B, 1, m) (1 on padding).
+    kernel = _plan(logits, f, g, eps)
+    u, v = torch.ones_like(a)[:, None, :], torch.ones_like(b)[:, None, :]
     while done < max_iters:
         steps = min(check_every, max_iters - done)
-        f, g = _scaling_block(plan, a, b, f, g, eps, steps, row, col, tiny)
-        plan = _plan(logits, f, g, eps)  # the kernel of the absorbed potentials is the current plan
+        u, v = _scaling_steps(kernel, a, b, u, steps, row, col, tiny)
         done += steps
-        if tol is not None and done < max_iters and marginal_error(plan, a, b).amax().item() < tol:
-            break  # the check is a host sync: once per block
-    return plan
+        if done == max_iters:
+            break
+        spread, error = _block_check(kernel, b, u, v, tol)  # one host sync per block
+        if tol is not None and error < tol:
+            break
+        if spread > -0.5 * math.log(tiny):  # the scalings left the safe range: absorb them
+            f, g = f + eps * u.squeeze(1).log(), g + eps * v.squeeze(1).log()
+            kernel = _plan(logits, f, g, eps)
+            u, v = torch.ones_like(u), torch.ones_like(v)
+    return u.transpose(1, 2) * kernel * v
 
 
 def _damping(rho: float | None, eps: float) -> float:
@@ -229,30 +240,36 @@ def _log_step(
     return f, g
 
 
-def _scaling_block(
-    kernel: Tensor,
-    a: Tensor,
-    b: Tensor,
-    f: Tensor,
-    g: Tensor,
-    eps: float,
-    steps: int,
-    row: Tensor,
-    col: Tensor,
-    tiny: float,
+def _scaling_steps(
+    kernel: Tensor, a: Tensor, b: Tensor, u: Tensor, steps: int, row: Tensor, col: Tensor, tiny: float
 ) -> tuple[Tensor, Tensor]:
-    """``steps`` exp-domain iterations on ``kernel`` = `_plan` of (f, g); returns the absorbed (f, g).
+    """``steps`` exp-domain iterations v <- b / (K^T u), u <- a / (K v) -> the new (u, v).
 
-    Shapes as in `_log_step`. The scalings u (B, 1, n) and v (B, 1, m) are row vectors so that
-    both products are (B, 1, k) @ (B, k, l) bmm calls, the fast layout on CPU. On padding they
-    are 1, so that log u and log v leave the padding potentials at 0.
+    kernel (B, n, m); a, row (B, n); b, col (B, m); u (B, 1, n). The scalings are row vectors so
+    that both products are (B, 1, k) @ (B, k, l) bmm calls, the fast layout on CPU. On padding
+    they are 1 (0 / denominator + 1), so that their logs leave the padding potentials at 0.
     """
-    a, b, row, col = a[:, None, :], b[:, None, :], row[:, None, :], col[:, None, :]
-    u = torch.ones_like(a)
+    a, b = a[:, None, :], b[:, None, :]
+    pad_row, pad_col = (~row[:, None, :]).to(a.dtype), (~col[:, None, :]).to(b.dtype)
+    kernel_t = kernel.transpose(1, 2)
     for _ in range(steps):
-        v = torch.where(col, b / torch.bmm(u, kernel).clamp_min(tiny), 1.0)
-        u = torch.where(row, a / torch.bmm(v, kernel.transpose(1, 2)).clamp_min(tiny), 1.0)
-    return f + eps * u.squeeze(1).log(), g + eps * v.squeeze(1).log()
+        v = torch.addcdiv(pad_col, b, torch.bmm(u, kernel).clamp_min(tiny))
+        u = torch.addcdiv(pad_row, a, torch.bmm(v, kernel_t).clamp_min(tiny))
+    return u, v
+
+
+def _block_check(kernel: Tensor, b: Tensor, u: Tensor, v: Tensor, tol: float | None) -> tuple[float, float]:
+    """Largest |log| of the scalings, and the b-marginal L1 error of the plan (max over the batch).
+
+    Shapes as in `_scaling_steps`; the error is only computed with a tol (else inf). The rows
+    of the plan sum to a after every u update, so the b-marginal is the one to check.
+    """
+    spread = torch.maximum(u.log().abs().amax(), v.log().abs().amax())
+    if tol is None:
+        return spread.item(), math.inf
+    error = (v * torch.bmm(u, kernel) - b[:, None, :]).abs().sum(dim=2).amax()
+    spread, error = torch.stack([spread, error]).tolist()
+    return spread, error
 
 
 def _check_inputs(
@@ -288,8 +305,9 @@ def _check_inputs(
         empty = weights.sum(dim=1) <= 0
         if empty.any():
             raise ValueError(f"{name}: batch item {empty.nonzero()[0].item()} has no positive mass")
-    # Padding may hold anything; only costs that carry mass must be finite (checked second: rare).
-    if not torch.isfinite(cost).all():
+    # Padding may hold anything; only costs that carry mass must be finite. A finite sum (one
+    # pass) proves every entry finite; the exact check runs only when it does not.
+    if not torch.isfinite(cost.sum()):
         off_support = (a[:, :, None] <= 0) | (b[:, None, :] <= 0)
         if not (torch.isfinite(cost) | off_support).all():
             raise ValueError("cost: NaN or inf where both weights are positive")
