@@ -295,7 +295,11 @@ def test_properties_on_random_masked_problems(batch, n, m, eps, check_every, eps
     options = {"max_iters": 3000, "tol": 1e-5, "check_every": check_every, "eps_scaling": eps_scaling}
     plan = sinkhorn(cost, a, b, eps, **options)
     assert torch.isfinite(plan).all() and (plan >= 0).all()
-    assert marginal_error(plan, a, b).amax() < 2e-5
+    assert (plan.sum(2) - a).abs().sum(1).amax() < 1e-5  # exact after the last u update
+    # Small eps can need more than max_iters: the columns must then be as close as fp64 gets.
+    reference = sinkhorn(cost.double(), a.double(), b.double(), eps, **options)
+    reference_error = (reference.sum(1) - b.double()).abs().sum(1).float()
+    assert ((plan.sum(1) - b).abs().sum(1) < reference_error.clamp_min(1e-5) + 1e-5).all()
     assert (plan[a == 0] == 0).all() and (plan.transpose(1, 2)[b == 0] == 0).all()
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     permuted = sinkhorn(cost[:, rows], a[:, rows], b, eps, **options)
