@@ -187,3 +187,18 @@ def test_spec_errors_name_the_key(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         spec = load_spec(path)
         [spec.run_config(key) for key in plan(spec) if key.trains]
+
+
+@pytest.mark.parametrize("name", ["compare.yaml", "compare-full.yaml"])
+def test_shipped_specs_build_every_run(name):
+    from dist_optical.compare.runner import check_configs
+
+    spec = load_spec(REPO_ROOT / "configs" / name)
+    keys = plan(spec)
+    configs = {
+        key: spec.run_config(key) if key.trains else spec.language_config(key.language) for key in keys
+    }
+    check_configs(spec, configs)
+    assert {key.language for key in keys} == {"swh", "zul", "wol", "ewe"}
+    assert {key.objective for key in keys} >= {"zero-shot", "ot", "ot+infonce", "ot+mse", "infonce", "mse"}
+    assert all(cfg.data.exclude_books == ["REV"] for cfg in configs.values())
