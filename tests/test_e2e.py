@@ -2,11 +2,9 @@
 and `eval`, cross-checked against each other."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from train.helpers import cli_env  # tests/ is on sys.path (rootdir-relative test modules)
+from train.helpers import run_module  # tests/ is on sys.path (rootdir-relative test modules)
 
 from dist_optical.config import REPO_ROOT
 
@@ -19,17 +17,8 @@ SETS = (
 pytestmark = pytest.mark.e2e
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dist_optical", *args],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+def cli(*args: str):
+    return run_module("dist_optical", *args, timeout=900)
 
 
 @pytest.fixture(scope="module")

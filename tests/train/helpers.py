@@ -34,24 +34,30 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def train_cmd(out: Path, *overrides: str, config: Path = TINY, resume: str = "") -> list[str]:
-    cmd = [sys.executable, "-m", "dist_optical", "train", "--config", str(config), "--out", str(out)]
-    return cmd + (["--resume", resume] if resume else []) + list(overrides)
+def train_args(out: Path, *overrides: str, config: Path = TINY, resume: str = "") -> list[str]:
+    """Arguments after `python -m` (or a launcher's `-m`) for one training run."""
+    args = ["dist_optical", "train", "--config", str(config), "--out", str(out)]
+    return args + (["--resume", resume] if resume else []) + list(overrides)
+
+
+def train_cmd(out: Path, *overrides: str, resume: str = "") -> list[str]:
+    return [sys.executable, "-m", *train_args(out, *overrides, resume=resume)]
+
+
+def run_module(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m ARGS` in the test environment; a failure shows the tail of its stderr."""
+    proc = subprocess.run([sys.executable, "-m", *args], env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT)  # fmt: skip
+    assert proc.returncode == 0, (
+        f"python -m {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
+    return proc
 
 
 def run_train(
     out: Path, *overrides: str, resume: str = "", timeout: int = 300
 ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        train_cmd(out, *overrides, resume=resume),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return proc
+    return run_module(*train_args(out, *overrides, resume=resume), timeout=timeout)
 
 
 def read_metrics(out: Path) -> list[dict]:

@@ -1,44 +1,15 @@
 """2 gloo ranks under torchrun: every ZeRO stage trains the same, and resume is elastic."""
 
-import subprocess
-import sys
-
 import pytest
 
-from dist_optical.config import REPO_ROOT
-
-from .helpers import TINY, cli_env, free_port, read_metrics, run_train
+from .helpers import free_port, read_metrics, run_module, run_train, train_args
 
 pytestmark = pytest.mark.multiproc
 
 
 def torchrun(out, *overrides, resume=""):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "dist_optical",
-        "train",
-        "--config",
-        str(TINY),
-        "--out",
-        str(out),
-        *overrides,
-    ]
-    proc = subprocess.run(
-        cmd + (["--resume", resume] if resume else []),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launcher = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m"]
+    run_module(*launcher, *train_args(out, *overrides, resume=resume))
 
 
 @pytest.fixture(scope="module")
