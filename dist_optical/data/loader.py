@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,14 @@ class _EpochBatches(IterableDataset):
 
 def _passthrough(item: Any) -> Any:
     return item
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """SLURM, `scancel` and `pkill` signal every process of a job, workers included; a worker that
+    died of SIGTERM would crash the trainer before its step-boundary checkpoint. The main process
+    handles the stop (engine/signals.py) and shuts the workers down itself."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class ShardLoader:
@@ -105,6 +114,7 @@ class ShardLoader:
                 num_workers=self.num_workers,
                 prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
                 pin_memory=self.pin_memory,
+                worker_init_fn=_ignore_stop_signals,
             )
             for batch, errors in loader:
                 self._check_current(generation)

@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import time
@@ -71,19 +72,21 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(uninterrupted, tmp_path)
     assert [m["loss"] for m in resumed] == [m["loss"] for m in full]
 
 
-def test_sigterm_checkpoints_and_exits_75(tmp_path):
+def test_sigterm_to_the_whole_job_checkpoints_and_exits_75(tmp_path):
+    """As SLURM/scancel do: the signal reaches every process of the job, DataLoader workers too."""
     out = tmp_path / "term"
     proc = subprocess.Popen(
-        train_cmd(out, "train.max_steps=400"),
+        train_cmd(out, "train.max_steps=400", "data.num_workers=1"),
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.time() + 240
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 3):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-2000:]
     tag = (out / "checkpoints" / "latest").read_text()
