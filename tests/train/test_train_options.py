@@ -1,7 +1,11 @@
 """Trainer wiring of the anti-collapse options: IDF marginals get tables computed from the training
-shards, and the English->English term makes the student encode English (less drift on English)."""
+shards, and the English->English term makes the student encode English (less drift on English);
+and train() frees its engine, so that one process can train many students."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import torch
 
@@ -13,7 +17,7 @@ from dist_optical.losses import idf_table
 from dist_optical.models import load_tokenizer
 from dist_optical.train import idf_tables
 
-from .helpers import TINY, read_metrics, run_train
+from .helpers import TINY, cli_env, read_metrics, run_train
 
 ENGLISH = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "tatoeba.swh-eng.eng"
 
@@ -53,3 +57,28 @@ def test_idf_marginals_train_and_english_term_lowers_english_drift(tmp_path):
         english_drift(tmp_path / "ot-english", cfg),
     )
     assert drift_anchored < 0.5 * drift_plain, (drift_plain, drift_anchored)
+
+
+def test_train_in_process_twice_frees_each_engine(tmp_path):
+    """`compare` trains many students in one process: each engine must be freed when train returns."""
+    script = f"""
+import gc
+from pathlib import Path
+from deepspeed.runtime.engine import DeepSpeedEngine
+from dist_optical.config import load_config
+from dist_optical.train import train
+for i in range(2):
+    train(load_config({str(TINY)!r}, ["train.max_steps=2"]), Path({str(tmp_path)!r}) / str(i))
+gc.collect()
+print("engines alive:", sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "engines alive: 0" in proc.stdout
