@@ -128,10 +128,6 @@ def _solve(
 ) -> Tensor:
     """The iterations; shapes and conventions as in `sinkhorn`, inputs already validated."""
     row, col = a > 0, b > 0
-    # Bounds on the scaling denominators: a row whose kernel underflows to 0 takes a truncated
-    # step instead of dividing by 0, and 1/tiny times the row length cannot overflow.
-    tiny = torch.finfo(cost.dtype).tiny ** 0.5
-
     schedule = [eps]
     if eps_scaling is not None:
         start = cost.masked_fill(~(row[:, :, None] & col[:, None, :]), 0.0).amax().item()
@@ -150,8 +146,30 @@ def _solve(
         return _unbalanced_iterations(
             logits, a, b, f, g, eps, rho, done, max_iters, tol, check_every, row, col
         )
+    return _balanced_iterations(logits, a, b, f, g, eps, done, max_iters, tol, check_every, row, col)
 
-    # The plan is u^T * kernel * v, scalings u (B, 1, n) and v (B, 1, m) (1 on padding).
+
+def _balanced_iterations(
+    logits: Tensor,
+    a: Tensor,
+    b: Tensor,
+    f: Tensor,
+    g: Tensor,
+    eps: float,
+    done: int,
+    max_iters: int,
+    tol: float | None,
+    check_every: int,
+    row: Tensor,
+    col: Tensor,
+) -> Tensor:
+    """Exp-domain iterations ``done``..``max_iters`` on the kernel of (f, g) -> the (B, n, m) plan.
+
+    The plan is u^T * kernel * v with scalings u (B, 1, n) and v (B, 1, m), 1 on padding.
+    """
+    # Bounds on the scaling denominators: a row whose kernel underflows to 0 takes a truncated
+    # step instead of dividing by 0, and 1/tiny times the row length cannot overflow.
+    tiny = torch.finfo(logits.dtype).tiny ** 0.5
     kernel = _plan(logits, f, g, eps)
     u, v = torch.ones_like(a)[:, None, :], torch.ones_like(b)[:, None, :]
     while done < max_iters:
