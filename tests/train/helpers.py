@@ -55,7 +55,7 @@ def run_module(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def run_train(
-    out: Path, *overrides: str, resume: str = "", timeout: int = 300
+    out: Path, *overrides: str, resume: str = "", timeout: int = 900
 ) -> subprocess.CompletedProcess:
     return run_module(*train_args(out, *overrides, resume=resume), timeout=timeout)
 
