@@ -73,10 +73,25 @@ def setup() -> DistEnv:
     env = detect()
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo":
+            _skip_shm_comm_op()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
     return env
+
+
+def _skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce at init.
+
+    That op serves inference all-reduce only (training reduces through gloo), and its build check
+    takes a lock file in the torch extensions cache: a process killed there leaves the lock behind
+    and every later run on the machine waits on it forever.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def device() -> torch.device:
