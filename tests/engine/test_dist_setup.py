@@ -1,9 +1,9 @@
 import subprocess
 import sys
 
-from dist_optical.config import REPO_ROOT
-
 from train.helpers import cli_env
+
+from dist_optical.config import REPO_ROOT
 
 SETUP = "from dist_optical.engine import dist; env = dist.setup(); print('world', env.world_size)"
 
