@@ -70,6 +70,8 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
         "spec": str(spec.path),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "wall_s": time.time() - started,
+        # Summed over runs as each was measured when it ran (also when this invocation reused it).
+        "runs_wall_s": sum(r.get("train_wall_s", 0.0) + r["eval_wall_s"] for r in records),
         "runs_total": len(records),
         "runs_skipped": skipped,
         "cpus": os.cpu_count(),
@@ -210,6 +212,8 @@ def run_one(
     else:
         results = evaluator.get()(evaluator.get().teacher)
     record["eval_wall_s"] = time.perf_counter() - t0
+    # The wall times above are only comparable when the machine was equally busy: record how busy.
+    record["load_average"] = os.getloadavg()[0]
     record["results"] = results
     write_json_atomic(result_path, record)  # last: from here on the run counts as finished
     if key.trains and not keep_models:  # ~400 MB a run; the numbers are in result.json
