@@ -136,17 +136,21 @@ def _solve(
         raise ValueError(f"the epsilon schedule has {len(schedule)} steps but max_iters is {max_iters}")
 
     logits = _logits(cost, row, col, eps)
+    # One (B, n, m) scratch tensor for every intermediate: on CPU a fresh tensor of that size costs
+    # page faults comparable to the arithmetic on it (~25% of a solve). Autograd (unrolled mode)
+    # needs each intermediate kept, so it gets fresh ones.
+    work = None if logits.requires_grad else torch.empty_like(logits)
     f = torch.zeros_like(a)
     g = torch.zeros_like(b)
     for eps_k in schedule:
         logits_k = logits if eps_k == eps else _logits(cost, row, col, eps_k)
-        f, g = _log_step(logits_k, a, b, f, g, eps_k, row, col, _damping(rho, eps_k))
+        f, g = _log_step(logits_k, a, b, f, g, eps_k, row, col, _damping(rho, eps_k), work)
     done = len(schedule)
     if rho is not None:
         return _unbalanced_iterations(
-            logits, a, b, f, g, eps, rho, done, max_iters, tol, check_every, row, col
+            logits, a, b, f, g, eps, rho, done, max_iters, tol, check_every, row, col, work
         )
-    return _balanced_iterations(logits, a, b, f, g, eps, done, max_iters, tol, check_every, row, col)
+    return _balanced_iterations(logits, a, b, f, g, eps, done, max_iters, tol, check_every, row, col, work)
 
 
 def _balanced_iterations(
@@ -162,15 +166,17 @@ def _balanced_iterations(
     check_every: int,
     row: Tensor,
     col: Tensor,
+    work: Tensor | None,
 ) -> Tensor:
     """Exp-domain iterations ``done``..``max_iters`` on the kernel of (f, g) -> the (B, n, m) plan.
 
-    The plan is u^T * kernel * v with scalings u (B, 1, n) and v (B, 1, m), 1 on padding.
+    The plan is u^T * kernel * v with scalings u (B, 1, n) and v (B, 1, m), 1 on padding. With a
+    scratch tensor ``work``, the kernel is built in it and the plan scaled in place.
     """
     # Bounds on the scaling denominators: a row whose kernel underflows to 0 takes a truncated
     # step instead of dividing by 0, and 1/tiny times the row length cannot overflow.
     tiny = torch.finfo(logits.dtype).tiny ** 0.5
-    kernel = _plan(logits, f, g, eps)
+    kernel = _plan(logits, f, g, eps, out=work)
     u, v = torch.ones_like(a)[:, None, :], torch.ones_like(b)[:, None, :]
     while done < max_iters:
         steps = min(check_every, max_iters - done)
@@ -183,9 +189,11 @@ def _balanced_iterations(
             break
         if spread > -0.5 * math.log(tiny):  # the scalings left the safe range: absorb them
             f, g = f + eps * u.squeeze(1).log(), g + eps * v.squeeze(1).log()
-            kernel = _plan(logits, f, g, eps)
+            kernel = _plan(logits, f, g, eps, out=work)
             u, v = torch.ones_like(u), torch.ones_like(v)
-    return (u.transpose(1, 2) * kernel).mul_(v)
+    if work is None:
+        return (u.transpose(1, 2) * kernel).mul_(v)
+    return kernel.mul_(u.transpose(1, 2)).mul_(v)
 
 
 def _damping(rho: float | None, eps: float) -> float:
@@ -207,6 +215,7 @@ def _unbalanced_iterations(
     check_every: int,
     row: Tensor,
     col: Tensor,
+    work: Tensor | None,
 ) -> Tensor:
     """Log-domain iterations ``done``..``max_iters`` of unbalanced Sinkhorn -> the (B, n, m) plan.
 
@@ -217,10 +226,10 @@ def _unbalanced_iterations(
     previous = None
     while done < max_iters:
         for _ in range(min(check_every, max_iters - done)):
-            f, g = _log_step(logits, a, b, f, g, eps, row, col, damping)
+            f, g = _log_step(logits, a, b, f, g, eps, row, col, damping, work)
             done += 1
         if tol is not None and done < max_iters:
-            columns = _plan(logits, f, g, eps).sum(dim=1)
+            columns = _plan(logits, f, g, eps, out=work).sum(dim=1)
             if previous is not None and (columns - previous).abs().sum(dim=1).amax().item() < tol:
                 break
             previous = columns
@@ -239,18 +248,16 @@ def _logits(cost: Tensor, row: Tensor, col: Tensor, eps: float) -> Tensor:
     return torch.add(row_bias[:, :, None], cost, alpha=-1.0 / eps).add_(col_bias[:, None, :])
 
 
-def _plan(logits: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
-    """(B, n, m) logits -C/eps, potentials (B, n), (B, m) -> plan exp((f + g - C) / eps).
-
-    In place on one fresh tensor (here and in `_logsumexp`): on CPU every new (B, n, m) tensor
-    costs page faults comparable to the arithmetic, so temporaries are kept to one.
-    """
-    return (logits + f[:, :, None] / eps).add_(g[:, None, :] / eps).exp_()
+def _plan(logits: Tensor, f: Tensor, g: Tensor, eps: float, out: Tensor | None = None) -> Tensor:
+    """(B, n, m) logits -C/eps, potentials (B, n), (B, m) -> plan exp((f + g - C) / eps), written
+    into ``out`` if given (else one fresh tensor, as in `_logsumexp`)."""
+    return torch.add(logits, f[:, :, None] / eps, out=out).add_(g[:, None, :] / eps).exp_()
 
 
-def _logsumexp(logits: Tensor, shift: Tensor, dim: int) -> Tensor:
-    """logsumexp over ``dim`` of logits + shift (broadcast), with one (B, n, m) temporary."""
-    x = logits + shift
+def _logsumexp(logits: Tensor, shift: Tensor, dim: int, work: Tensor | None = None) -> Tensor:
+    """logsumexp over ``dim`` of logits + shift (broadcast), computed in ``work`` if given (else in
+    one fresh (B, n, m) temporary)."""
+    x = torch.add(logits, shift, out=work)
     peak = x.detach().amax(dim=dim, keepdim=True)  # a constant shift: the gradient is softmax(x)
     return x.sub_(peak).exp_().sum(dim=dim).log_() + peak.squeeze(dim)
 
@@ -265,16 +272,18 @@ def _log_step(
     row: Tensor,
     col: Tensor,
     damping: float = 1.0,
+    work: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One log-domain Sinkhorn iteration (g, then f), as in ``ot.bregman.sinkhorn_log``.
 
     logits (B, n, m) = -C/eps with the fill off the support; a, f, row (B, n); b, g, col (B, m).
     ``damping`` = rho / (rho + eps) < 1 is the unbalanced update (plan a b^T-relative, see the
-    module doc); 1.0 leaves the balanced update bit for bit unchanged.
+    module doc); 1.0 leaves the balanced update bit for bit unchanged. ``work``: scratch, as in
+    `_logsumexp`.
     """
-    lse = _logsumexp(logits, f[:, :, None] / eps, dim=1)
+    lse = _logsumexp(logits, f[:, :, None] / eps, dim=1, work=work)
     g = torch.where(col, eps * (b.log() - damping * lse), 0.0)
-    lse = _logsumexp(logits, g[:, None, :] / eps, dim=2)
+    lse = _logsumexp(logits, g[:, None, :] / eps, dim=2, work=work)
     f = torch.where(row, eps * (a.log() - damping * lse), 0.0)
     return f, g
 
