@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from dist_optical.config import REPO_ROOT, ConfigError, load_config
+from dist_optical.launch.cluster import CLUSTERS
 from dist_optical.launch.submit import add_arguments as submit_arguments
+from dist_optical.launch.submit import add_job_arguments
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -87,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("runs/compare"), help="output folder (default: %(default)s)"
     )
     compare.add_argument("--publish", type=Path, help="also copy report.md, plots and results.json here")
+    compare.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        help="leave out to run every run here, one after another; else submit the unfinished runs as "
+        "one submitit job array (auto: SLURM if `srun` is on PATH, else local processes)",
+    )
+    compare.add_argument("--gpus-per-node", type=int, default=0, choices=(0, 1), help="GPUs per run")
+    add_job_arguments(compare)
     return parser
 
 
@@ -165,6 +175,11 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
+    if args.cluster is not None:
+        from dist_optical.compare.dispatch import main as dispatch_main
+
+        dispatch_main(args)
+        return
     from dist_optical.compare import run_compare
 
     run_compare(args.config, args.out, args.publish)

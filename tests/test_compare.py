@@ -37,9 +37,9 @@ grids:
 """
 
 
-def compare(spec, out) -> subprocess.CompletedProcess:
+def compare(spec, out, *options: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "dist_optical", "compare", "--config", str(spec), "--out", str(out)],
+        [sys.executable, "-m", "dist_optical", "compare", "--config", str(spec), "--out", str(out), *options],
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -116,6 +116,23 @@ def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
     assert all(
         path.stat().st_mtime_ns == stamp for path, stamp in stamps.items() if path.parent != redo.parent
     )
+
+
+def test_a_job_array_reproduces_the_in_process_runs(compared, tmp_path):
+    spec, inline = compared
+    out = tmp_path / "array"
+    proc = compare(spec, out, "--cluster", "local", "--wait")
+    assert "submitted 5 unfinished run(s) as local job(s)" in proc.stdout, proc.stdout
+    logs = [path for path in (out / "submitit").iterdir() if path.name.isdigit()]
+    assert len(logs) == 5  # one job, with its own log folder, per run
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs_skipped"] == 5  # the report reads what the tasks wrote; nothing is rerun
+
+    def numbers(results):
+        return {run["folder"]: run["results"] for run in results["runs"]}
+
+    assert numbers(results) == numbers(json.loads((inline / "results.json").read_text()))
+    assert "every run is finished" in compare(spec, out, "--cluster", "local").stdout
 
 
 def xml_bible(path, books):

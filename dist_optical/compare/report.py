@@ -108,8 +108,8 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
 def _header(results: dict[str, Any], spec: Spec) -> list[str]:
     loads = sorted(r["load_average"] for r in results["runs"] if "load_average" in r)
     load_text = (
-        f"; 1-minute load average at the end of each run: median {statistics.median(loads):.1f}, "
-        f"range {loads[0]:.1f}-{loads[-1]:.1f} on {results['cpus']} CPUs"
+        f"; 1-minute load average at the end of a run ({len(loads)} of them recorded it): median "
+        f"{statistics.median(loads):.1f}, range {loads[0]:.1f}-{loads[-1]:.1f} on {results['cpus']} CPUs"
         if loads
         else ""
     )

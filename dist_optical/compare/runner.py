@@ -41,15 +41,21 @@ DIAGNOSTICS = (
 )
 
 
-def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -> dict[str, Any]:
-    """Run (or skip) every planned run, then write results.json, report.md and the plots."""
-    started, load_start = time.time(), os.getloadavg()
+def checked_plan(spec_path: str | Path) -> tuple[Spec, list[RunKey], dict[RunKey, Config]]:
+    """The spec, its runs in order and each run's resolved config, all validated up front."""
     spec = load_spec(spec_path)
     keys = plan(spec)
     configs = {
         key: spec.run_config(key) if key.trains else spec.language_config(key.language) for key in keys
     }
     check_configs(spec, configs)
+    return spec, keys, configs
+
+
+def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -> dict[str, Any]:
+    """Run (or skip) every planned run, then write results.json, report.md and the plots."""
+    started, load_start = time.time(), os.getloadavg()
+    spec, keys, configs = checked_plan(spec_path)
     languages = list(dict.fromkeys(key.language for key in keys))
     splits = {language: check_split(language, spec.language_config(language)) for language in languages}
 
@@ -96,6 +102,22 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
         "compare: %d runs (%d skipped) in %.1f min -> %s", len(records), skipped, results["wall_s"] / 60, out
     )
     return results
+
+
+def unfinished(out: Path, keys: list[RunKey], configs: dict[RunKey, Config]) -> list[RunKey]:
+    """The runs without a result.json made from their current config."""
+    return [key for key in keys if not _finished(out / "runs" / key.folder(), configs[key])]
+
+
+def run_folder(spec_path: str | Path, out: Path, folder: str) -> dict[str, Any]:
+    """Train and evaluate the one run of the spec stored in ``runs/FOLDER`` (a job array task)."""
+    spec, keys, configs = checked_plan(spec_path)
+    key = next((k for k in keys if k.folder() == folder), None)
+    if key is None:
+        raise ValueError(f"{spec.path}: no run is stored in runs/{folder}")
+    evaluator = _LazyEvaluator(spec.language_config(key.language))
+    record, _ = run_one(key, configs[key], out / "runs" / folder, evaluator, spec.keep_models)
+    return {name: record[name] for name in ("folder", "config_hash", "eval_wall_s")}
 
 
 def check_configs(spec: Spec, configs: dict[RunKey, Config]) -> None:
@@ -183,10 +205,9 @@ def run_one(
     """Train (unless zero-shot) and evaluate one run -> (its record, whether it was skipped)."""
     digest = config_hash(cfg)
     result_path = run_dir / RESULT
+    if (record := _finished(run_dir, cfg)) is not None:
+        return record, True
     if result_path.is_file():
-        record = json.loads(result_path.read_text(encoding="utf-8"))
-        if record.get("config_hash") == digest:
-            return record, True
         log.warning("%s: its config changed since it finished; running it again", key.folder())
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +241,15 @@ def run_one(
         for name in ("checkpoints", "model"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     return record, False
+
+
+def _finished(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
+    """The run's record if its result.json exists and was made from this config, else None."""
+    result_path = run_dir / RESULT
+    if not result_path.is_file():
+        return None
+    record = json.loads(result_path.read_text(encoding="utf-8"))
+    return record if record.get("config_hash") == config_hash(cfg) else None
 
 
 def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What a submitit job runs: the ordinary trainer, one task per GPU (or per CPU rank).
+"""What a submitit job runs: the ordinary trainer, one task per GPU (or per CPU rank), or one run
+of a `compare` spec.
 
 Only the validated config, the run folder and the resume mode travel with the job (dinov2's
 pattern); requeueing re-runs the same callable, and the trainer resumes from the run folder.
@@ -55,28 +56,39 @@ def export_torch_env(env: submitit.JobEnvironment) -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-class TrainJob(submitit.helpers.Checkpointable):
-    """The submitted callable (one instance per task): `train(cfg, out, resume)` under the job's env."""
-
-    def __init__(self, cfg: Config, out: Path, resume: str = "auto") -> None:
-        self.cfg = cfg
-        self.out = Path(out)
-        self.resume = resume
+class _Job(submitit.helpers.Checkpointable):
+    """One task's setup around `run()`: logs, the torch.distributed environment, threads, and
+    preemption (checkpoint, then submitit's requeue). Requeueing re-runs the same callable."""
 
     def __call__(self) -> dict[str, Any]:
-        from dist_optical.train import train  # in the job only: submitting needs no deepspeed import
-
         log_to_stderr()
         env = submitit.JobEnvironment()
         export_torch_env(env)
         cap_threads(env)
         bridge = PreemptBridge().install()
         try:
-            return train(self.cfg, self.out, self._resume_mode())
+            return self.run()
         except SystemExit as stop:
             if stop.code == PREEMPTED_EXIT_CODE:
                 bridge.requeue_if_asked()
             raise
+
+    def run(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class TrainJob(_Job):
+    """`train(cfg, out, resume)` (one instance per task)."""
+
+    def __init__(self, cfg: Config, out: Path, resume: str = "auto") -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.resume = resume
+
+    def run(self) -> dict[str, Any]:
+        from dist_optical.train import train  # in the job only: submitting needs no deepspeed import
+
+        return train(self.cfg, self.out, self._resume_mode())
 
     def _resume_mode(self) -> str:
         # `resume` (a PATH, or "" for fresh) applies to the first start only: once this run folder
@@ -87,3 +99,21 @@ class TrainJob(submitit.helpers.Checkpointable):
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit before it requeues: the state is already on disk (PreemptBridge)."""
         return submitit.helpers.DelayedSubmission(type(self)(self.cfg, self.out, "auto"))
+
+
+class CompareRunJob(_Job):
+    """One run of a `compare` spec (train unless zero-shot, then evaluate), named by its folder.
+
+    A requeued task calls it again: the run resumes from its own checkpoints (or is skipped if its
+    result.json was written), so submitit's default `checkpoint()` is right.
+    """
+
+    def __init__(self, spec: Path, out: Path, folder: str) -> None:
+        self.spec = Path(spec)
+        self.out = Path(out)
+        self.folder = folder
+
+    def run(self) -> dict[str, Any]:
+        from dist_optical.compare.runner import run_folder
+
+        return run_folder(self.spec, self.out, self.folder)

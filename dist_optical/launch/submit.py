@@ -66,6 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
     parser.add_argument("--tasks-per-node", type=int, default=0, help="default: --gpus-per-node, or 1 on CPU")
+    add_job_arguments(parser)
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="key=v1,v2",
+        help="one run per value (repeat for a grid); a SLURM job array",
+    )
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Per-job resources, queue and waiting: shared by `submit` and `compare --cluster`."""
     parser.add_argument("--cpus-per-task", type=int)
     parser.add_argument("--mem", help="memory per node, e.g. 64G, 500M (SLURM: 0 = all of it)")
     parser.add_argument("--time", default="4:00:00", help="time limit: MIN, HH:MM:SS or D-HH:MM:SS")
@@ -74,13 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qos")
     parser.add_argument("--constraint")
     parser.add_argument("--max-requeues", type=int, default=3, help="timeout requeues before giving up")
-    parser.add_argument(
-        "--sweep",
-        action="append",
-        default=[],
-        metavar="key=v1,v2",
-        help="one run per value (repeat for a grid); a SLURM job array",
-    )
     parser.add_argument(
         "--wait", action="store_true", help="block until the job(s) finish (always for debug)"
     )
