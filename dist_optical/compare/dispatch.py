@@ -16,7 +16,7 @@ import submitit
 
 from dist_optical.compare.runner import checked_plan, run_compare, unfinished
 from dist_optical.launch.cluster import resolve_cluster
-from dist_optical.launch.submit import Resources, check_resources, make_executor, parse_mem, parse_time
+from dist_optical.launch.submit import Resources, check_resources, job_resources, make_executor
 
 
 def submit_runs(
@@ -42,16 +42,7 @@ def submit_runs(
 def main(args: argparse.Namespace) -> None:
     """`compare --cluster ...`: submit, say where the logs are, and (with --wait) write the report."""
     cluster = resolve_cluster(args.cluster)
-    resources = Resources(
-        gpus_per_node=args.gpus_per_node,
-        timeout_min=parse_time(args.time),
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=parse_mem(args.mem) if args.mem else None,
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        constraint=args.constraint,
-    )
+    resources = job_resources(args, gpus_per_node=args.gpus_per_node)
     submitted = submit_runs(args.config, args.out, cluster, resources, args.max_requeues)
     if not submitted:
         print("every run is finished; writing the report")

@@ -138,10 +138,18 @@ def run_name(point: list[str]) -> str:
 def resources_from_args(args: argparse.Namespace) -> Resources:
     if args.gpus_per_node and args.tasks_per_node not in (0, args.gpus_per_node):
         raise SubmitError("one task per GPU: leave --tasks-per-node out or set it to --gpus-per-node")
-    return Resources(
+    return job_resources(
+        args,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
         tasks_per_node=args.tasks_per_node or max(1, args.gpus_per_node),
+    )
+
+
+def job_resources(args: argparse.Namespace, **layout: int) -> Resources:
+    """The `add_job_arguments` flags -> Resources, with the task layout (nodes, GPUs, tasks) given."""
+    return Resources(
+        **layout,
         timeout_min=parse_time(args.time),
         cpus_per_task=args.cpus_per_task,
         mem_gb=parse_mem(args.mem) if args.mem else None,

@@ -6,13 +6,11 @@ import pytest
 from dist_optical.config import REPO_ROOT
 from dist_optical.engine.dist import free_port
 
-from .helpers import RUN, TINY, launch_env, read_metrics
+from .helpers import LONG_RUN, RUN, TINY, launch_env, read_metrics
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
+def torchrun_reference(out, run: tuple[str, ...]):
     """An uninterrupted 2-rank run under plain torchrun on one node: what every launcher must reproduce."""
-    out = tmp_path_factory.mktemp("reference")
     torchrun = [
         sys.executable,
         "-m",
@@ -20,8 +18,21 @@ def reference(tmp_path_factory):
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
     ]
-    cmd = [*torchrun, "-m", "dist_optical", "train", f"--config={TINY}", f"--out={out}", *RUN]
+    cmd = [*torchrun, "-m", "dist_optical", "train", f"--config={TINY}", f"--out={out}", *run]
     proc = subprocess.run(cmd, env=launch_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    out = torchrun_reference(tmp_path_factory.mktemp("reference"), RUN)
     assert len(read_metrics(out)) == 12
+    return out
+
+
+@pytest.fixture(scope="session")
+def long_reference(tmp_path_factory):
+    out = torchrun_reference(tmp_path_factory.mktemp("long_reference"), LONG_RUN)
+    assert len(read_metrics(out)) == 48
     return out

@@ -13,6 +13,9 @@ from dist_optical.config import REPO_ROOT
 TINY = REPO_ROOT / "configs" / "tiny.yaml"
 # 12 steps (3 epochs of 4 steps on 2 ranks), periodic checkpoints at 4 and 8.
 RUN = ("train.max_steps=12", "train.save_every=4")
+# For two stops in one run: after a resume the tiny model does ~12 steps/s, so 12 steps could end
+# before a second signal lands (seen once in CI); 48 leave it ~3 s.
+LONG_RUN = ("train.max_steps=48", "train.save_every=16")
 DIST_VARS = (
     "RANK",
     "WORLD_SIZE",

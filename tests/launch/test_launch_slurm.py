@@ -16,7 +16,7 @@ import pytest
 from dist_optical.config import REPO_ROOT
 from dist_optical.launch.submit import Resources, submit
 
-from .helpers import DIST_VARS, RUN, TINY, assert_same_run, read_metrics, resumed_steps, wait_for_steps
+from .helpers import DIST_VARS, LONG_RUN, TINY, assert_same_run, read_metrics, resumed_steps, wait_for_steps
 
 pytestmark = pytest.mark.multiproc
 
@@ -83,16 +83,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what} after {timeout} s"
-        time.sleep(1)
+        time.sleep(0.2)
 
 
-def test_preempted_twice_usr2_then_scontrol_requeue_resumes_exactly(slurm, tmp_path, reference):
+def test_preempted_twice_usr2_then_scontrol_requeue_resumes_exactly(slurm, tmp_path, long_reference):
     """USR2 (time limit / preemption warning): the bridge checkpoints, then submitit requeues.
     `scontrol requeue` (SIGTERM): the trainer checkpoints and exits 75, and SLURM requeues."""
     out = tmp_path / "run"
-    [(job, _)] = submit(
-        TINY, list(RUN), out, Resources(tasks_per_node=2, timeout_min=10), cluster="slurm", max_requeues=1
-    )
+    resources = Resources(tasks_per_node=2, timeout_min=10)
+    [(job, _)] = submit(TINY, list(LONG_RUN), out, resources, cluster="slurm", max_requeues=1)
 
     def running() -> bool:
         return bool(squeue_state(job.job_id))
@@ -109,13 +108,13 @@ def test_preempted_twice_usr2_then_scontrol_requeue_resumes_exactly(slurm, tmp_p
     finally:
         if squeue_state(job.job_id):
             subprocess.run(["scancel", job.job_id], timeout=30)
-    assert [result["steps"] for result in job.results()] == [12, 12]
+    assert [result["steps"] for result in job.results()] == [48, 48]
     log = job_log(job)
     stops = [int(step) for step in re.findall(r"checkpointed at step (\d+) after a stop signal", log)]
     assert resumed_steps(log) == stops and len(stops) == 2, log[-3000:]
-    assert 3 <= stops[0] < stops[1] < 12
+    assert 3 <= stops[0] < stops[1] < 48
     assert log.count("Requeued job") == 1  # submitit requeued only the USR2 stop; SLURM did the other
-    assert_same_run(out, reference)
+    assert_same_run(out, long_reference)
 
 
 def test_cli_sweep_is_one_job_array_with_a_folder_per_run(slurm, tmp_path):
