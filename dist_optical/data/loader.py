@@ -8,9 +8,11 @@ and any rank's state (rank 0's, by convention) resumes all of them.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -46,6 +48,13 @@ class _EpochBatches(IterableDataset):
 
 def _passthrough(item: Any) -> Any:
     return item
+
+
+# Iterators still open at interpreter exit, closed then (which shuts their workers down through the
+# DataLoader's own queues). Otherwise multiprocessing's exit handler, registered earlier and so run
+# later, would SIGTERM the workers, which ignore it (below), and wait for them forever.
+_OPEN_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+atexit.register(lambda: [batches.close() for batches in list(_OPEN_ITERATORS)])
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -99,6 +108,11 @@ class ShardLoader:
         return self.stream.num_pairs // (self.stream.world_size * self.batch_size)
 
     def __iter__(self) -> Iterator[Any]:
+        batches = self._batches()
+        _OPEN_ITERATORS.add(batches)
+        return batches
+
+    def _batches(self) -> Iterator[Any]:
         self._generation += 1
         generation = self._generation
         step = self.stream.world_size * self.batch_size

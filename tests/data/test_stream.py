@@ -4,6 +4,8 @@ import json
 import logging
 import multiprocessing
 import random
+import subprocess
+import sys
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dist_optical.config import REPO_ROOT
 from dist_optical.data import ShardLoader, ShardStream, build_shards
 from dist_optical.data.shards import read_shard
 from dist_optical.data.stream import ShardError, partition
@@ -350,3 +353,20 @@ def test_foreign_webdataset_shard_without_id_txt(tmp_path):
         ShardLoader(ShardStream(str(tmp_path / "other-{000000..000000}.tar"), shuffle=False), 6), 1
     )
     assert batch["key"] == [f"s{i}" for i in range(6)] and batch["tgt"][5] == "hello 5"
+
+
+ABANDON = """
+import sys
+from dist_optical.data import ShardLoader, ShardStream
+batches = iter(ShardLoader(ShardStream(sys.argv[1]), 4, num_workers=1))
+next(batches)  # still open at exit, its worker alive and ignoring SIGTERM
+print("exiting", flush=True)
+"""
+
+
+def test_an_iterator_left_open_does_not_hang_interpreter_exit(shard_dir):
+    """Workers ignore SIGTERM, the signal multiprocessing's exit handler stops them with: pytest once
+    hung after its summary on an iterator a test left open."""
+    proc = subprocess.run([sys.executable, "-c", ABANDON, str(shard_dir)], capture_output=True, text=True,
+                          timeout=60, cwd=REPO_ROOT)  # fmt: skip
+    assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr[-2000:]
