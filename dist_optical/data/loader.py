@@ -130,13 +130,21 @@ class ShardLoader:
                 pin_memory=self.pin_memory,
                 worker_init_fn=_ignore_stop_signals,
             )
-            for batch, errors in loader:
-                self._check_current(generation)
-                self._sample_in_epoch += step
-                self._errors.update(errors)
-                self._epoch_errors.update(errors)
-                batch["epoch"] = epoch
-                yield batch
+            epoch_batches = iter(loader)
+            try:
+                for batch, errors in epoch_batches:
+                    self._check_current(generation)
+                    self._sample_in_epoch += step
+                    self._errors.update(errors)
+                    self._epoch_errors.update(errors)
+                    batch["epoch"] = epoch
+                    yield batch
+            finally:
+                # Shut the workers down now, also when an error ends the epoch: its traceback holds
+                # the iterator, and the workers (which ignore SIGTERM) would outlive it until exit.
+                shutdown = getattr(epoch_batches, "_shutdown_workers", None)  # multi-process only
+                if shutdown is not None:
+                    shutdown()
             self._check_current(generation)
             self._end_epoch()
 

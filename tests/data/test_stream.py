@@ -280,6 +280,8 @@ def test_bad_samples_raise_or_skip(shard_dir, tmp_path):
         # Raised in a DataLoader worker, re-raised here. (Costs ~10 s: after a worker error, PyTorch's
         # DataLoader shutdown waits 5 s per worker before terminating them.)
         epoch_keys(2, 4, bad, workers=2)
+    # The workers are gone, not kept alive by the traceback (they ignore SIGTERM: exit would hang).
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
     per_rank = epoch_keys(2, 4, bad, on_error="skip")
     assert [len(b) for b in per_rank] == [N_PAIRS // 8] * 2
     seen = [k for batches in per_rank for b in batches for k in b]
