@@ -106,7 +106,7 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
 
 def unfinished(out: Path, keys: list[RunKey], configs: dict[RunKey, Config]) -> list[RunKey]:
     """The runs without a result.json made from their current config."""
-    return [key for key in keys if not _finished(out / "runs" / key.folder(), configs[key])]
+    return [key for key in keys if _finished(out / "runs" / key.folder(), config_hash(configs[key])) is None]
 
 
 def run_folder(spec_path: str | Path, out: Path, folder: str) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def run_one(
     """Train (unless zero-shot) and evaluate one run -> (its record, whether it was skipped)."""
     digest = config_hash(cfg)
     result_path = run_dir / RESULT
-    if (record := _finished(run_dir, cfg)) is not None:
+    if (record := _finished(run_dir, digest)) is not None:
         return record, True
     if result_path.is_file():
         log.warning("%s: its config changed since it finished; running it again", key.folder())
@@ -243,13 +243,13 @@ def run_one(
     return record, False
 
 
-def _finished(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
-    """The run's record if its result.json exists and was made from this config, else None."""
+def _finished(run_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The run's record if its result.json exists and was made from the config hashed to ``digest``."""
     result_path = run_dir / RESULT
     if not result_path.is_file():
         return None
     record = json.loads(result_path.read_text(encoding="utf-8"))
-    return record if record.get("config_hash") == config_hash(cfg) else None
+    return record if record.get("config_hash") == digest else None
 
 
 def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, Any]:

@@ -233,7 +233,7 @@ def _unbalanced_iterations(
             if previous is not None and (columns - previous).abs().sum(dim=1).amax().item() < tol:
                 break
             previous = columns
-    return _plan(logits, f, g, eps)
+    return _plan(logits, f, g, eps, out=work)
 
 
 def _logits(cost: Tensor, row: Tensor, col: Tensor, eps: float) -> Tensor:
