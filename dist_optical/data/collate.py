@@ -11,8 +11,8 @@ from ..models import tokenize
 
 
 def collate_text(samples: list[dict[str, str]]) -> dict[str, list[str]]:
-    """The default collation: columns of strings, no tokenization."""
-    return {name: [s[name] for s in samples] for name in ("key", "src", "tgt")}
+    """The default collation: columns of strings (key, src, tgt, lang), no tokenization."""
+    return {name: [s[name] for s in samples] for name in ("key", "src", "tgt", "lang")}
 
 
 class PairCollator:

@@ -24,7 +24,7 @@ from .stream import ShardStream
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: several sources (languages), their sizes and weights
 
 
 class _EpochBatches(IterableDataset):

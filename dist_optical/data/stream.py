@@ -5,6 +5,12 @@ of ranks R or workers W: the shard order is permuted, the shards' pairs are conc
 order inside a shard), and the sequence is shuffled inside consecutive blocks of ``shuffle_buffer``
 pairs (a bounded shuffle: a worker holds only the few shards a block spans).
 
+Several sources (one per language): each source gets its own order as above, and the orders are
+merged by weight: source l's k-th pair sits at time (k + u) / w_l, u uniform in [0, 1), and the epoch
+sorts all pairs by time. So while every source still has pairs, a stretch of the epoch holds them in
+the ratio of the weights; every pair is still seen exactly once per epoch, so a source weighted above
+its share of the pairs runs out early and the epoch's tail is the others' (``language_weights``).
+
 Partition (``partition``, a pure function): starting at global position ``start``, global step t takes
 the next R*B pairs and rank r gets slice [r*B, (r+1)*B) of it. Rank r's step t is produced by worker
 t % W, as whole batches, so DataLoader's round-robin over workers returns steps in order. Resuming is
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,16 @@ class ShardError(ValueError):
     def __init__(self, message: str, kind: str = "corrupt_shard") -> None:
         super().__init__(message)  # one argument: DataLoader re-raises worker errors as type(err)(msg)
         self.kind = kind
+
+
+def language_weights(sizes: Sequence[int], temperature: float = 1.0) -> np.ndarray:
+    """Temperature sampling over source sizes: w_l proportional to n_l ** (1 / T), summing to 1.
+    T = 1 keeps the natural mixture (every stretch of the epoch holds each language in proportion to
+    its pairs); large T tends to equal shares, which upsamples the smallest language early in an epoch."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    weights = np.asarray(sizes, dtype=np.float64) ** (1.0 / temperature)
+    return weights / weights.sum()
 
 
 def partition(
@@ -68,7 +84,8 @@ class ShardStream(IterableDataset):
 
     Args:
         manifest_path: a manifest.json, a shard folder holding one, or a webdataset URL pattern
-            (``shards/swa-{000000..000127}.tar``, ``pipe:cat x.tar``, several joined by ``::``).
+            (``shards/swa-{000000..000127}.tar``, ``pipe:cat x.tar``, several joined by ``::``);
+            or a list of those, one source per language, merged by ``weights`` (module doc).
             Pattern mode has no manifest, so the shards are read once at construction (on every rank)
             to count their pairs; after that everything (order, partition, resume) works the same,
             but nothing checks sizes up front and a shard that changes between the scan and the read
@@ -77,11 +94,13 @@ class ShardStream(IterableDataset):
         seed, shuffle, shuffle_buffer: the global order (module doc); shuffle=False = manifest order.
         on_error: "raise" stops on a bad sample naming shard and key; "skip" drops it and counts it
             (``ShardLoader.error_counts()``).
-        max_pairs: > 0 uses only the first N pairs of the manifest order (low-resource budget).
+        max_pairs: > 0 uses only the first N pairs of each source's manifest order (low-resource
+            budget).
+        weights: one positive weight per source (relative); None = ``language_weights(sizes)``.
 
-    Samples are ``{key, src, tgt}`` strings. Iterating the stream directly yields epoch
-    ``set_epoch(e)`` from its start; training should use ``ShardLoader``, which batches, counts
-    consumption and resumes.
+    Samples are ``{key, src, tgt, lang}`` strings (lang: the source manifest's ``src_lang``).
+    Iterating the stream directly yields epoch ``set_epoch(e)`` from its start; training should use
+    ``ShardLoader``, which batches, counts consumption and resumes.
     """
 
     def __init__(
@@ -94,6 +113,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 1000,
         on_error: str = "raise",
         max_pairs: int = 0,
+        weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
@@ -103,16 +123,40 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle, self.shuffle_buffer, self.on_error = shuffle, max(1, shuffle_buffer), on_error
         self.epoch = 0
-        self.urls, counts = self._resolve(manifest_path)
-        total = int(sum(counts))
-        self.num_pairs = min(total, max_pairs) if max_pairs > 0 else total
-        # max_pairs keeps the first N pairs of the manifest order: cut the shard counts to them.
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.counts = np.clip(self.num_pairs - offsets[:-1], 0, counts).astype(np.int64)
-        self.full_counts = np.asarray(counts, dtype=np.int64)
-        self.offsets = offsets[:-1]
+        sources = list(manifest_path) if isinstance(manifest_path, list | tuple) else [manifest_path]
+        if not sources:
+            raise ValueError("ShardStream: no source given")
+        self.urls: list[str] = []
+        self.languages: list[str] = []
+        full_counts: list[int] = []
+        counts: list[int] = []
+        source_of_shard: list[int] = []
+        for index, source in enumerate(sources):
+            urls, source_counts, lang = self._resolve(source)
+            # max_pairs keeps the first N pairs of each source's manifest order: cut its shard counts.
+            before = np.concatenate([[0], np.cumsum(source_counts)[:-1]]).astype(np.int64)
+            kept = np.clip(max_pairs - before, 0, source_counts) if max_pairs > 0 else source_counts
+            self.urls += urls
+            self.languages.append(lang)
+            full_counts += list(source_counts)
+            counts += [int(c) for c in kept]
+            source_of_shard += [index] * len(urls)
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.full_counts = np.asarray(full_counts, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        self.source_of_shard = np.asarray(source_of_shard, dtype=np.int64)
+        self.source_sizes = np.bincount(self.source_of_shard, self.counts, len(sources)).astype(np.int64)
+        self.num_pairs = int(self.counts.sum())
+        if weights is None:
+            weights = language_weights(self.source_sizes)
+        if len(weights) != len(sources) or not all(w > 0 for w in weights):
+            raise ValueError(
+                f"weights: expected {len(sources)} positive values (one per source), got {weights}"
+            )
+        self.weights = [float(w) / float(sum(weights)) for w in weights]
 
-    def _resolve(self, source: str | Path) -> tuple[list[str], list[int]]:
+    def _resolve(self, source: str | Path) -> tuple[list[str], list[int], str]:
+        """One source -> its shard URLs, their pair counts and its language (manifest ``src_lang``)."""
         source = str(source)
         path = Path(source)
         if path.is_dir() or source.endswith(".json"):
@@ -122,10 +166,10 @@ class ShardStream(IterableDataset):
             manifest = load_manifest(manifest_path)
             urls = [str(manifest_path.parent / s["name"]) for s in manifest["shards"]]
             self._check_files(urls, [s["bytes"] for s in manifest["shards"]])
-            return urls, [s["pairs"] for s in manifest["shards"]]
+            return urls, [s["pairs"] for s in manifest["shards"]], manifest.get("src_lang", "")
         urls = expand_urls(source)
         self._check_files(urls, [None] * len(urls))
-        return urls, [sum(1 for _ in read_shard(url)) for url in urls]
+        return urls, [sum(1 for _ in read_shard(url)) for url in urls], ""
 
     def _check_files(self, urls: list[str], sizes: list[int | None]) -> None:
         """Fail before training starts: a missing shard would otherwise surface hours in."""
@@ -143,9 +187,20 @@ class ShardStream(IterableDataset):
                 logger.warning("%s; its bad samples will be skipped", msg)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The epoch's global order: manifest sample ids (0..total-1), a pure function of (seed, epoch)."""
-        shards = np.flatnonzero(self.counts)
+        """The epoch's global order: sample ids (0..num_pairs-1), a pure function of (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
+        orders = [self._source_order(source, rng) for source in range(len(self.languages))]
+        if not self.shuffle or len(orders) == 1:
+            return np.concatenate(orders)
+        # Merge by weight (module doc): the k-th pair of source l is due at (k + u) / w_l.
+        due = np.concatenate(
+            [(np.arange(len(o)) + rng.random(len(o))) / w for o, w in zip(orders, self.weights, strict=True)]
+        )
+        return np.concatenate(orders)[np.argsort(due, kind="stable")]
+
+    def _source_order(self, source: int, rng: np.random.Generator) -> np.ndarray:
+        """One source's order: its shards permuted, then a block shuffle of ``shuffle_buffer`` pairs."""
+        shards = np.flatnonzero((self.source_of_shard == source) & (self.counts > 0))
         if self.shuffle:
             shards = rng.permutation(shards)
         order = np.concatenate(
@@ -205,6 +260,9 @@ class ShardStream(IterableDataset):
             "shuffle": self.shuffle,
             "shuffle_buffer": self.shuffle_buffer,
             "num_pairs": self.num_pairs,
+            "languages": self.languages,
+            "source_sizes": self.source_sizes.tolist(),
+            "weights": [round(w, 12) for w in self.weights],
         }
 
 
@@ -231,7 +289,7 @@ class _ShardCache:
         url = self.stream.urls[shard]
         if local >= len(samples):
             raise ShardError(f"shard {url}: pair {local} unreadable: {failure}", "corrupt_shard")
-        return _decode(samples[local], url)
+        return _decode(samples[local], url, self.stream.languages[self.stream.source_of_shard[shard]])
 
     def _load(self, shard: int) -> tuple[list[dict[str, Any]], str | None]:
         url, expected = self.stream.urls[shard], int(self.stream.full_counts[shard])
@@ -250,10 +308,15 @@ class _ShardCache:
         return samples, failure
 
 
-def _decode(sample: dict[str, Any], url: str) -> Sample:
+def _decode(sample: dict[str, Any], url: str, lang: str) -> Sample:
     # id.txt holds the original key (dots and all); shards written elsewhere may only have __key__.
     key = _text(sample, "id.txt", url) if "id.txt" in sample else sample["__key__"]
-    return {"key": key, "src": _text(sample, "src.txt", url), "tgt": _text(sample, "tgt.txt", url)}
+    return {
+        "key": key,
+        "src": _text(sample, "src.txt", url),
+        "tgt": _text(sample, "tgt.txt", url),
+        "lang": lang,
+    }
 
 
 def _text(sample: dict[str, Any], field: str, url: str) -> str:

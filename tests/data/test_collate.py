@@ -15,8 +15,8 @@ def tokenizer():
 
 
 SAMPLES = [
-    {"key": "a:1", "src": "Habari ya asubuhi", "tgt": "Good morning"},
-    {"key": "a:2", "src": "Asante", "tgt": "Thank you very much, my friend " * 20},
+    {"key": "a:1", "src": "Habari ya asubuhi", "tgt": "Good morning", "lang": "swh"},
+    {"key": "a:2", "src": "Asante", "tgt": "Thank you very much, my friend " * 20, "lang": "swh"},
 ]
 
 
