@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         help="encodes the targets (default: the teacher recorded in --model, else --model)",
     )
     evaluate.add_argument("--max-pairs", type=int, default=0)
-    evaluate.add_argument("--max-length", type=int, default=128)
+    evaluate.add_argument(
+        "--max-length", type=int, default=0, help="tokens (default: the exported student's, else 128)"
+    )
+    evaluate.add_argument("--prefix", help="prepended to every text (default: the exported student's)")
     evaluate.add_argument("--json", type=Path, help="write the metrics here")
 
     export = sub.add_parser("export", help="consolidate a DeepSpeed checkpoint into a Hugging Face folder")
@@ -146,11 +149,18 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from dist_optical.evaluate import Encoder, evaluate_parallel, format_table, read_lines
-    from dist_optical.models import exported_teacher
+    from dist_optical.models.package import exported_meta
 
-    model = Encoder.load(args.model, args.max_length)
-    target_name = args.target_model or exported_teacher(args.model) or args.model
-    target_model = model if target_name == args.model else Encoder.load(target_name, args.max_length)
+    # An exported student says how it was trained to encode: prefix, pooling, truncation.
+    meta = exported_meta(args.model)
+    settings = {
+        "max_length": args.max_length or meta.get("max_length", 128),
+        "pooling": meta.get("pooling", "mean"),
+        "prefix": meta.get("prefix", "") if args.prefix is None else args.prefix,
+    }
+    model = Encoder.load(args.model, **settings)
+    target_name = args.target_model or meta.get("teacher") or args.model
+    target_model = model if target_name == args.model else Encoder.load(target_name, **settings)
     queries, targets = read_lines(args.queries, args.max_pairs), read_lines(args.targets, args.max_pairs)
     if len(queries) != len(targets):
         raise ValueError(f"{args.queries} has {len(queries)} lines but {args.targets} has {len(targets)}")

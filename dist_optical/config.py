@@ -24,21 +24,38 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class BitextConfig:
+    # The foreign language's code (e.g. swh): names its shard folder and its share in the logs.
+    lang: str = ""
+    # Inputs of `dist-optical shard`, relative to `data.root`: two aligned files (FOREIGN ENGLISH), one
+    # TSV, or two verse-aligned Bible XMLs (FOREIGN ENGLISH).
+    files: list[str] = field(default_factory=list)
+    # Sampling weight against the other languages (relative); 0 = from data.temperature and the sizes.
+    weight: float = 0.0
+
+
+@dataclass
 class DataConfig:
     # One root for every shipped data file; CI's copy is read-only, so nothing is written there.
     root: str = "../shared/data"
-    # Inputs of `dist-optical shard`, relative to `root`: two aligned files (FOREIGN ENGLISH), one TSV,
-    # or two verse-aligned Bible XMLs (FOREIGN ENGLISH).
-    bitext: list[str] = field(default_factory=lambda: ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"])
-    src_lang: str = "swh"
+    # The training bitexts, one per foreign language; one stream over all of them, each pair once
+    # per epoch, mixed by weight (data/stream.py).
+    bitexts: list[BitextConfig] = field(
+        default_factory=lambda: [
+            BitextConfig("swh", ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"]),
+        ]
+    )
     tgt_lang: str = "eng"
+    # Temperature sampling over language sizes (w ~ n ** (1/T)): 1 = natural mixture, larger = flatter.
+    temperature: float = 1.0
     # Bible books never trained on (held out for evaluation), e.g. ["REV"].
     exclude_books: list[str] = field(default_factory=lambda: ["REV"])
-    # Shard folder (relative to the repo root unless absolute); built on first use.
-    shards: str = "shards/swh-eng"
+    # Folder of shard folders, one per language (`{shards}/{lang}-{tgt_lang}`; relative to the repo
+    # root unless absolute); built on first use.
+    shards: str = "shards"
     pairs_per_shard: int = 1000
     max_chars: int = 1000
-    # Use only the first N pairs of the manifest order (0 = all): the low-resource budget knob.
+    # Use only the first N pairs of each language's manifest order (0 = all): the low-resource knob.
     max_pairs: int = 0
     num_workers: int = 1
     shuffle_buffer: int = 1000
@@ -53,6 +70,12 @@ class ModelConfig:
     student: str = ""
     pooling: str = "mean"
     max_length: int = 64
+    # Prepended to every text either model encodes, in training, eval and the exported model (E5's
+    # "query: "; "" = none).
+    prefix: str = ""
+    # Train only the student's embedding rows that the run's texts (training data and eval sets)
+    # use; the export writes them back into the full table (models/vocab.py).
+    trim_vocab: bool = False
     # Freeze the student's word embeddings (keeps the shared English vocabulary anchored).
     freeze_embeddings: bool = False
     # A teacher too large for one device: ZeRO-3-partition its frozen weights over the ranks

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from dist_optical.config import ModelConfig
 from dist_optical.models import encode, load_encoder, load_tokenizer, special_ids, tokenize
 
 METRICS = ("acc@1", "mrr@10", "recall@10", "ndcg@10")
@@ -93,6 +94,7 @@ class Encoder:
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 128
     pooling: str = "mean"
+    prefix: str = ""
 
     @classmethod
     def load(
@@ -101,11 +103,20 @@ class Encoder:
         max_length: int = 128,
         pooling: str = "mean",
         tiny: dict[str, int] | None = None,
+        prefix: str = "",
     ) -> Encoder:
         """``tiny`` rebuilds the seeded random tiny BERT of a test config (the same one training used)."""
         tokenizer = load_tokenizer(name_or_path)
         model = load_encoder(name_or_path, tiny, vocab_size=len(tokenizer)).eval()
-        return cls(name_or_path, model, tokenizer, max_length, pooling)
+        return cls(name_or_path, model, tokenizer, max_length, pooling, prefix)
+
+    @classmethod
+    def from_config(cls, name_or_path: str, model: ModelConfig, tiny: bool = False) -> Encoder:
+        """Encode as the run does (truncation, pooling, prefix); ``tiny``: rebuild model.tiny's seeded
+        random weights (a test config's teacher; an exported student loads its own weights)."""
+        return cls.load(
+            name_or_path, model.max_length, model.pooling, model.tiny if tiny else None, model.prefix
+        )
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64, desc: str = "embed") -> Tensor:
@@ -115,7 +126,7 @@ class Encoder:
         out = torch.empty(len(texts), self.model.config.hidden_size)
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < 512):
             idx = order[start : start + batch_size]
-            batch = tokenize(self.tokenizer, [texts[i] for i in idx], self.max_length)
+            batch = tokenize(self.tokenizer, [texts[i] for i in idx], self.max_length, self.prefix)
             pooled = encode(
                 self.model, batch["input_ids"], batch["attention_mask"], special, self.pooling
             ).pooled
@@ -145,16 +156,20 @@ def evaluate_qrels(
     return {"src->tgt": graded_metrics(gold_ranks(query_emb @ doc_emb.T, relevant), gains, 10, 100)}
 
 
-def format_table(rows: dict[str, dict[str, dict[str, dict[str, float]]]], direction: str = "src->tgt") -> str:
+def format_table(
+    rows: dict[str, dict[str, dict[str, dict[str, float]]]],
+    direction: str = "src->tgt",
+    metrics: tuple[str, ...] = ("acc@1", "mrr@10"),
+) -> str:
     """rows: label -> eval set -> direction -> metrics; one Markdown table, a column block per set."""
     sets = list(next(iter(rows.values())))
-    header = "| model | " + " | ".join(f"{s} {m}" for s in sets for m in ("acc@1", "mrr@10")) + " |"
-    lines = [header, "|" + "---|" * (1 + 2 * len(sets))]
+    header = "| model | " + " | ".join(f"{s} {m}" if len(metrics) > 1 else s for s in sets for m in metrics)
+    lines = [header + " |", "|" + "---|" * (1 + len(metrics) * len(sets))]
     for label, results in rows.items():
         cells = [  # clir sets are scored one way only (queries -> documents)
             f"{results[s][direction][m]:.1f}" if direction in results[s] else "-"
             for s in sets
-            for m in ("acc@1", "mrr@10")
+            for m in metrics
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

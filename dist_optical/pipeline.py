@@ -1,8 +1,8 @@
 """The main job: shards (if not built) -> zero-shot eval -> train -> eval the student -> table.
 
-Queries (foreign side) are embedded by the model under test; targets (English side) by the
-frozen teacher, whose index an English retrieval system already has. Teacher target
-embeddings are computed once and reused for every row.
+Two protocols for the trained student: its foreign queries against English targets embedded by
+the frozen teacher (the index an English retrieval system already has; computed once and reused
+for every row), and the student alone on both sides (what a `SentenceTransformer(DIR)` user gets).
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+
+import torch
+from torch import Tensor
 
 from dist_optical.config import Config
 from dist_optical.evalsets import EvalData, load_eval_set
 from dist_optical.evaluate import Encoder, evaluate_parallel, evaluate_qrels, format_table
+from dist_optical.models.package import exported_meta, write_card
 
 log = logging.getLogger("dist_optical.pipeline")
 
@@ -23,25 +26,37 @@ Results = dict[str, dict[str, dict[str, float]]]  # eval set -> direction -> met
 
 class Evaluator:
     """Holds the eval sets (`evalsets.EvalData`) and the teacher's target embeddings across several
-    students. Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents."""
+    students. Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents.
+    Each model embeds a text once per call, however many sets share it (the four Revelation sets
+    share their English side)."""
 
     def __init__(self, cfg: Config, teacher: Encoder):
         self.cfg = cfg
         self.teacher = teacher
-        self.sets: dict[str, tuple[EvalData, Any]] = {}
-        for eval_set in cfg.eval.sets:
-            data = load_eval_set(cfg, eval_set)
-            target_emb = teacher.embed(data.targets, cfg.eval.batch_size, desc=f"{eval_set.name} targets")
-            self.sets[eval_set.name] = (data, target_emb)
+        self.sets: dict[str, EvalData] = {s.name: load_eval_set(cfg, s) for s in cfg.eval.sets}
+        self.targets = self._embed_all(teacher, "targets")
 
-    def __call__(self, query_model: Encoder) -> Results:
+    def _embed_all(self, model: Encoder, side: str) -> dict[str, Tensor]:
+        """Every set's ``side`` (queries or targets) by ``model``: unique texts embedded once."""
+        texts = list(dict.fromkeys(t for data in self.sets.values() for t in getattr(data, side)))
+        emb = model.embed(texts, self.cfg.eval.batch_size, desc=f"{side} by {model.name}")
+        row = {text: i for i, text in enumerate(texts)}
+        return {
+            name: emb[torch.tensor([row[t] for t in getattr(data, side)], dtype=torch.long)]
+            for name, data in self.sets.items()
+        }
+
+    def __call__(self, query_model: Encoder, target_model: Encoder | None = None) -> Results:
+        """Foreign queries by ``query_model``; English targets by the teacher (its cached index), or by
+        ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)` user has it)."""
+        queries = self._embed_all(query_model, "queries")
+        targets = self.targets if target_model is None else self._embed_all(target_model, "targets")
         results = {}
-        for name, (data, target_emb) in self.sets.items():
-            query_emb = query_model.embed(data.queries, self.cfg.eval.batch_size, desc=f"{name} queries")
+        for name, data in self.sets.items():
             if data.relevant is None:
-                results[name] = evaluate_parallel(query_emb, target_emb)
+                results[name] = evaluate_parallel(queries[name], targets[name])
             else:
-                results[name] = evaluate_qrels(query_emb, target_emb, data.relevant, data.gains)
+                results[name] = evaluate_qrels(queries[name], targets[name], data.relevant, data.gains)
         return results
 
 
@@ -50,26 +65,29 @@ def run_pipeline(cfg: Config, out: Path, resume: str = "") -> dict[str, Results]
 
     if not cfg.eval.sets:
         raise ValueError("eval.sets is empty: the main job needs at least one evaluation set")
-    max_length, pooling = cfg.model.max_length, cfg.model.pooling
-    teacher = Encoder.load(cfg.model.teacher, max_length, pooling, cfg.model.tiny)
+    teacher = Encoder.from_config(cfg.model.teacher, cfg.model, tiny=True)
     evaluator = Evaluator(cfg, teacher)
     rows: dict[str, Results] = {"zero-shot teacher": evaluator(teacher)}
     if cfg.model.student and cfg.model.student != cfg.model.teacher:
-        rows["untrained student"] = evaluator(
-            Encoder.load(cfg.model.student, max_length, pooling, cfg.model.tiny)
-        )
+        rows["untrained student"] = evaluator(Encoder.from_config(cfg.model.student, cfg.model, tiny=True))
     else:
         log.info("the untrained student is the teacher (initialised from its weights): same row as zero-shot")
 
     summary = train(cfg, out, resume)
-    rows["trained student"] = evaluator(Encoder.load(summary["model"], max_length, pooling))
+    student = Encoder.from_config(summary["model"], cfg.model)
+    rows["trained student -> teacher index"] = evaluator(student)
+    rows["trained student alone"] = evaluator(student, target_model=student)
 
     report = {"run_dir": str(out), "steps": summary["steps"], "results": rows}
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
     tmp.replace(out / "eval.json")
-    print(f"\nRetrieval, {cfg.data.src_lang} queries -> {cfg.data.tgt_lang} targets (teacher-encoded), %:")
-    print(format_table(rows, "src->tgt"))
-    print(f"\n{cfg.data.tgt_lang} queries (teacher) -> {cfg.data.src_lang} targets, %:")
-    print(format_table(rows, "tgt->src"))
+    model_dir = Path(summary["model"])
+    write_card(model_dir, exported_meta(model_dir), rows)
+    languages = "/".join(b.lang for b in cfg.data.bitexts)
+    print(f"\nRetrieval acc@1 %, foreign ({languages}) queries -> {cfg.data.tgt_lang} targets:")
+    print(format_table(rows, "src->tgt", metrics=("acc@1",)))
+    print(f"\n{cfg.data.tgt_lang} queries -> foreign targets:")
+    print(format_table(rows, "tgt->src", metrics=("acc@1",)))
+    print(f"\nMRR@10, nDCG@10 and recall@10 in {out / 'eval.json'}; the student: {model_dir}")
     return rows

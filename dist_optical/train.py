@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from tqdm import tqdm
 
 from dist_optical.config import Config, config_hash, config_to_dict, save_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream
-from dist_optical.data.prepare import ensure_shards
+from dist_optical.data.prepare import ensure_shards, training_stream
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, partition_teacher, wrap_student
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
-from dist_optical.export import export_checkpoint
+from dist_optical.export import export_checkpoint, run_kept_ids
 from dist_optical.losses import Objective, idf_table
 from dist_optical.models import (
     Encoded,
@@ -34,10 +35,13 @@ from dist_optical.models import (
     encode,
     freeze,
     load_encoder,
+    load_student,
     load_tokenizer,
     special_ids,
+    student_name,
     tokenize,
 )
+from dist_optical.models.vocab import VOCAB_FILE, save_kept_ids, used_ids
 
 log = logging.getLogger("dist_optical.train")
 
@@ -47,28 +51,53 @@ def step_seed(seed: int, rank: int, micro_step: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + micro_step) % (2**63)
 
 
-def build_models(cfg: Config):
-    """Frozen teacher + trainable student (initialised from the teacher unless model.student is set)."""
+def build_models(cfg: Config, kept_ids: torch.Tensor | None = None):
+    """Frozen teacher + trainable student (initialised from the teacher unless model.student is set;
+    its vocabulary trimmed to ``kept_ids`` when given)."""
     teacher_tok = load_tokenizer(cfg.model.teacher)
-    student_name = cfg.model.student or cfg.model.teacher
-    student_tok = load_tokenizer(student_name)
     teacher = freeze(load_encoder(cfg.model.teacher, cfg.model.tiny, vocab_size=len(teacher_tok)))
-    # A tiny test model is seeded, so an unset model.student gives the teacher's weights here too.
-    student = load_encoder(student_name, cfg.model.tiny, vocab_size=len(student_tok))
     check_tokenizer_fits(teacher_tok, teacher, f"model.teacher {cfg.model.teacher!r}")
-    check_tokenizer_fits(student_tok, student, f"model.student {student_name!r}")
+    student, student_tok = load_student(cfg.model, kept_ids)
     if cfg.model.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
     return teacher, teacher_tok, student, student_tok
 
 
+def run_texts(cfg: Config, manifests: list[Path]) -> Iterator[str]:
+    """Every text the student may encode in this run: both sides of the training pairs and of every
+    eval set, prefixed as the student sees them."""
+    from dist_optical.evalsets import load_eval_set
+
+    for pair in ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs):
+        yield cfg.model.prefix + pair["src"]
+        yield cfg.model.prefix + pair["tgt"]
+    for eval_set in cfg.eval.sets:
+        data = load_eval_set(cfg, eval_set)
+        yield from (cfg.model.prefix + text for text in data.queries + data.targets)
+
+
+def student_vocab(cfg: Config, out: Path, manifests: list[Path], resuming: bool, is_main: bool):
+    """The kept rows of a trimmed student: computed on a fresh run (main rank) into RUN/vocab.json;
+    a resumed run (any world size) and `export` read them back from there."""
+    if not cfg.model.trim_vocab:
+        return None
+    path = out / VOCAB_FILE
+    if not resuming:
+        if is_main:
+            kept = used_ids(load_tokenizer(student_name(cfg.model)), run_texts(cfg, manifests))
+            save_kept_ids(path, kept, student_name(cfg.model))
+            log.info("trimmed the student's vocabulary to the %d rows this run's texts use", len(kept))
+        dist.barrier()
+    return run_kept_ids(cfg, out)
+
+
 def idf_tables(
-    manifest: Path, max_pairs: int, teacher_tok, student_tok, max_length: int
+    manifests: list[Path], max_pairs: int, teacher_tok, student_tok, max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(teacher vocab,), (student vocab,) idf over the training pairs (the first ``max_pairs`` of the
+    """(teacher vocab,), (student vocab,) idf over the training pairs (the first ``max_pairs`` of each
     manifest, the ones the stream trains on): English by the teacher's tokenizer, foreign by the
     student's, truncated as in training."""
-    pairs = list(ShardStream(manifest, shuffle=False, max_pairs=max_pairs))
+    pairs = list(ShardStream(manifests, shuffle=False, max_pairs=max_pairs))
     teacher_ids = teacher_tok([p["tgt"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
     student_ids = student_tok([p["src"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
     return idf_table(teacher_ids, len(teacher_tok)), idf_table(student_ids, len(student_tok))
@@ -77,11 +106,12 @@ def idf_tables(
 def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     env = dist.setup()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = ensure_shards(cfg, is_main=env.is_main)
+    manifests = ensure_shards(cfg, is_main=env.is_main)
 
-    teacher, teacher_tok, student, student_tok = build_models(cfg)
-    ds_config = build_ds_config(cfg.train, env.world_size)
     found = checkpoint.resolve_resume(resume, out)
+    kept_ids = student_vocab(cfg, out, manifests, found is not None, env.is_main)
+    teacher, teacher_tok, student, student_tok = build_models(cfg, kept_ids)
+    ds_config = build_ds_config(cfg.train, env.world_size)
     if found is not None:  # at another world size, ZeRO state is loaded through a universal checkpoint
         load_dir, tag, universal = checkpoint.prepare_elastic(*found, env.world_size, env.is_main)
         ds_config["checkpoint"] = {"load_universal": universal}
@@ -93,25 +123,17 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         teacher.to(device, torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
     teacher_special, student_special = special_ids(teacher_tok), special_ids(student_tok)
 
-    stream = ShardStream(
-        manifest,
-        rank=env.rank,
-        world_size=env.world_size,
-        seed=cfg.train.seed,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        on_error=cfg.data.on_error,
-        max_pairs=cfg.data.max_pairs,
-    )
+    stream = training_stream(cfg, manifests, env.rank, env.world_size)
     loader = ShardLoader(
         stream,
         batch_size=cfg.train.micro_batch_size,
-        collate_fn=PairCollator(student_tok, teacher_tok, cfg.model.max_length),
+        collate_fn=PairCollator(student_tok, teacher_tok, cfg.model.max_length, cfg.model.prefix),
         num_workers=cfg.data.num_workers,
     )
     teacher_idf = student_idf = None
     if cfg.loss.get("ot", 0.0) > 0 and cfg.ot.marginals == "idf":
         teacher_idf, student_idf = idf_tables(
-            manifest, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length
+            manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length
         )
     objective = Objective(
         cfg.loss,
@@ -178,7 +200,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
             )
             student_english = None
             if objective.needs_student_english:  # English through the student too, by its own tokenizer
-                ids = tokenize(student_tok, batch["tgt"], cfg.model.max_length)
+                ids = tokenize(student_tok, batch["tgt"], cfg.model.max_length, cfg.model.prefix)
                 student_english = encode_side(
                     engine, ids["input_ids"], ids["attention_mask"], student_special
                 )
@@ -190,7 +212,8 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
                 ) from err
             engine.backward(loss)
             engine.step()
-            for name, value in {"loss": loss.item(), **stats}.items():  # .item(): a host sync, once per micro
+            shares = language_shares(batch["lang"], stream.languages)
+            for name, value in {"loss": loss.item(), **stats, **shares}.items():  # .item(): a host sync
                 totals[name] = totals.get(name, 0.0) + value / cfg.train.grad_accum
 
         metrics = dist.mean_across_ranks({**totals, **memory_footprint(engine)})
@@ -218,7 +241,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     final_step = max(cfg.train.max_steps, start_step)
     saved = save(final_step)
     if env.is_main:  # one export path for every ZeRO stage: consolidate from the checkpoint just written
-        export_checkpoint(saved, out / "model")
+        export_checkpoint(saved, out / "model", final_step)
     dist.barrier()
     logger.close()
     # ZeRO's gradient hooks live in autograd's C++ graph, where Python's gc cannot see the cycle
@@ -226,6 +249,14 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     # optimizer state (~350 MB for MiniLM), e.g. across the runs of `dist-optical compare`.
     engine.destroy()
     return {"steps": final_step, "run_dir": str(out), "model": str(out / "model")}
+
+
+def language_shares(langs: list[str], languages: list[str]) -> dict[str, float]:
+    """``lang/XX``: the share of this micro-batch's pairs in each training language (every step logs
+    every language, so the rank mean is the global share)."""
+    if len(languages) < 2:
+        return {}
+    return {f"lang/{lang}": langs.count(lang) / max(1, len(langs)) for lang in languages}
 
 
 def check_not_empty(batch: dict[str, Any], step: int, loader: ShardLoader) -> None:
@@ -244,18 +275,6 @@ def warn_if_collapsing(metrics: dict[str, float], threshold: float) -> None:
             "step %d: student sentence embeddings are collapsing (mean pairwise cosine %.3f > %.2f)",
             metrics["step"], metrics["collapse/student_cos"], threshold,
         )  # fmt: skip
-
-
-def export_meta(cfg: Config) -> dict[str, Any]:
-    """Written beside the exported student: `eval` reads the teacher that encodes the English side."""
-    return {
-        "teacher": cfg.model.teacher,
-        "pooling": cfg.model.pooling,
-        "max_length": cfg.model.max_length,
-        "src_lang": cfg.data.src_lang,
-        "tgt_lang": cfg.data.tgt_lang,
-        "config_hash": config_hash(cfg),
-    }
 
 
 class MetricsLogger:

@@ -150,7 +150,7 @@ def test_by_book_split_is_checked_on_the_shard_keys(tmp_path, exclude):
         None,
         [
             f"data.root={tmp_path}",
-            "data.bitext=[xx.xml, en.xml]",
+            "data.bitexts=[{lang: xx, files: [xx.xml, en.xml]}]",
             f"data.shards={tmp_path / 'shards'}",
             f"data.exclude_books={exclude}",
             "eval.sets=[{name: rev, kind: bible, queries: xx.xml, targets: en.xml, books: [REV]}]",

@@ -1,15 +1,23 @@
 import pytest
 
-from dist_optical.config import REPO_ROOT, ConfigError, config_hash, load_config
+from dist_optical.config import REPO_ROOT, ConfigError, config_hash, data_path, load_config
+
+# Every config but the comparison specs (which are not run configs).
+RUN_CONFIGS = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml") if "compare" not in p.name)
 
 
-def test_default_and_tiny_configs_load():
-    default = load_config(REPO_ROOT / "configs" / "default.yaml")
-    tiny = load_config(REPO_ROOT / "configs" / "tiny.yaml")
-    assert default.model.teacher == "all-MiniLM-L6-v2"
-    assert default.eval.sets[0].name == "tatoeba-swh"
-    assert tiny.model.tiny["hidden_size"] == 32
-    assert config_hash(default) != config_hash(tiny)
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_every_shipped_run_config_loads_and_its_files_exist(name):
+    cfg = load_config(REPO_ROOT / "configs" / name)
+    files = [f for b in cfg.data.bitexts for f in b.files]
+    files += [f for s in cfg.eval.sets for f in (s.queries, s.targets) if f]
+    assert files and all(data_path(cfg, f).is_file() for f in files)
+    assert len({b.lang for b in cfg.data.bitexts}) == len(cfg.data.bitexts)  # one shard folder each
+
+
+def test_configs_hash_apart():
+    hashes = {config_hash(load_config(REPO_ROOT / "configs" / name)) for name in RUN_CONFIGS}
+    assert len(hashes) == len(RUN_CONFIGS)
 
 
 def test_overrides_are_typed_and_nested():

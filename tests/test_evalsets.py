@@ -82,6 +82,8 @@ def test_read_trec_qrels_keeps_graded_and_zero_judgements(root):
 class Lookup:
     """A stand-in Encoder: each text's embedding comes from a table."""
 
+    name = "lookup"
+
     def __init__(self, table):
         self.table = table
 

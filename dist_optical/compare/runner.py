@@ -24,7 +24,7 @@ from typing import Any
 
 from dist_optical.compare.report import summarise, write_report
 from dist_optical.compare.spec import RunKey, Spec, load_spec, plan
-from dist_optical.config import Config, config_hash, config_to_dict, repo_path
+from dist_optical.config import Config, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
 
 log = logging.getLogger("dist_optical.compare")
@@ -158,11 +158,11 @@ def check_split(language: str, cfg: Config) -> dict[str, Any]:
     from dist_optical.data.prepare import ensure_shards
     from dist_optical.evalsets import check_disjoint, load_eval_set
 
-    manifest = ensure_shards(cfg, is_main=True)
-    train_keys = [sample["key"] for sample in ShardStream(manifest, shuffle=False)]
+    manifests = ensure_shards(cfg, is_main=True)
+    train_keys = [sample["key"] for sample in ShardStream(manifests, shuffle=False)]
     split: dict[str, Any] = {
-        "shards": cfg.data.shards,
-        "bitext": cfg.data.bitext,
+        "shards": [str(m.parent) for m in manifests],
+        "bitexts": [b.files for b in cfg.data.bitexts],
         "train_pairs": len(train_keys),
         "exclude_books": cfg.data.exclude_books,
         "eval": {},
@@ -191,7 +191,7 @@ class _LazyEvaluator:
             from dist_optical.pipeline import Evaluator
 
             model = self.cfg.model
-            teacher = Encoder.load(model.teacher, model.max_length, model.pooling, model.tiny)
+            teacher = Encoder.from_config(model.teacher, model, tiny=True)
             self._evaluator = Evaluator(self.cfg, teacher)
         return self._evaluator
 
@@ -226,7 +226,7 @@ def run_one(
 
         summary = train(cfg, run_dir, resume="auto")
         record["train_wall_s"] = time.perf_counter() - t0
-        model = Encoder.load(summary["model"], cfg.model.max_length, cfg.model.pooling)
+        model = Encoder.from_config(summary["model"], cfg.model)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
         results = evaluator.get()(model)
@@ -255,13 +255,14 @@ def _finished(run_dir: Path, digest: str) -> dict[str, Any] | None:
 def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, Any]:
     """Steps, training pairs (the pool and how many were drawn) and the diagnostics of the first
     and last `TAIL_STEPS` steps (why a run failed: the collapse signal and the plan entropy)."""
+    from dist_optical.data.prepare import shard_folder
     from dist_optical.data.shards import load_manifest
 
-    total = load_manifest(repo_path(cfg.data.shards))["total_pairs"]
+    sizes = [load_manifest(shard_folder(cfg, b.lang))["total_pairs"] for b in cfg.data.bitexts]
     lines = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
     return {
         "steps": steps,
-        "pairs_pool": min(total, cfg.data.max_pairs) if cfg.data.max_pairs else total,
+        "pairs_pool": sum(min(n, cfg.data.max_pairs) if cfg.data.max_pairs else n for n in sizes),
         "pairs_seen": steps * cfg.train.micro_batch_size * cfg.train.grad_accum,
         "diagnostics": {
             "first": _mean_of(lines[:TAIL_STEPS]),

@@ -16,7 +16,7 @@ def collate_text(samples: list[dict[str, str]]) -> dict[str, list[str]]:
 
 
 class PairCollator:
-    """Text columns plus student-tokenized ``src`` and teacher-tokenized ``tgt``.
+    """Text columns plus student-tokenized ``src`` and teacher-tokenized ``tgt`` (each prefixed).
 
     A plain class (not a closure) so that it pickles into DataLoader worker processes.
     """
@@ -26,16 +26,18 @@ class PairCollator:
         student_tokenizer: PreTrainedTokenizerBase,
         teacher_tokenizer: PreTrainedTokenizerBase,
         max_length: int,
+        prefix: str = "",
     ) -> None:
         self.student_tokenizer = student_tokenizer
         self.teacher_tokenizer = teacher_tokenizer
         self.max_length = max_length
+        self.prefix = prefix
 
     def __call__(self, samples: list[dict[str, str]]) -> dict[str, Any]:
         batch: dict[str, Any] = collate_text(samples)
         for side, tokenizer in (("src", self.student_tokenizer), ("tgt", self.teacher_tokenizer)):
             if samples:
-                encoded = tokenize(tokenizer, batch[side], self.max_length)
+                encoded = tokenize(tokenizer, batch[side], self.max_length, self.prefix)
             else:  # on_error="skip" can empty a batch; the step must still happen on every rank
                 empty = torch.zeros(0, 0, dtype=torch.long)
                 encoded = {"input_ids": empty, "attention_mask": empty}

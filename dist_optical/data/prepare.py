@@ -1,26 +1,51 @@
-"""Build the run's shards once (on the main rank) and hand every rank the manifest path."""
+"""Build the run's shards once (on the main rank) and open the one stream over all its languages."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dist_optical.config import Config, data_path, repo_path
-from dist_optical.data.shards import build_shards, shards_ready
+from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
+from dist_optical.data.stream import ShardStream
 from dist_optical.engine.dist import barrier
 
 
-def ensure_shards(cfg: Config, is_main: bool) -> Path:
-    """Shards live on a filesystem all ranks share (the run's repo or a cluster scratch path)."""
-    out = repo_path(cfg.data.shards)
-    inputs = [data_path(cfg, p) for p in cfg.data.bitext]
-    args = dict(
-        src_lang=cfg.data.src_lang,
-        tgt_lang=cfg.data.tgt_lang,
-        pairs_per_shard=cfg.data.pairs_per_shard,
-        max_chars=cfg.data.max_chars,
-        exclude_books=tuple(cfg.data.exclude_books),
-    )
-    if is_main and not shards_ready(out, inputs, **args):
-        build_shards(inputs, out, **args)
+def shard_folder(cfg: Config, lang: str) -> Path:
+    return repo_path(cfg.data.shards) / f"{lang}-{cfg.data.tgt_lang}"
+
+
+def ensure_shards(cfg: Config, is_main: bool) -> list[Path]:
+    """One manifest per language of ``data.bitexts``, built where missing or stale. Shards live on a
+    filesystem all ranks share (the run's repo or a cluster scratch path)."""
+    manifests = []
+    for bitext in cfg.data.bitexts:
+        out = shard_folder(cfg, bitext.lang)
+        inputs = [data_path(cfg, p) for p in bitext.files]
+        args = dict(
+            src_lang=bitext.lang,
+            tgt_lang=cfg.data.tgt_lang,
+            pairs_per_shard=cfg.data.pairs_per_shard,
+            max_chars=cfg.data.max_chars,
+            exclude_books=tuple(cfg.data.exclude_books),
+        )
+        if is_main and not shards_ready(out, inputs, **args):
+            build_shards(inputs, out, **args)
+        manifests.append(out / MANIFEST)
     barrier()
-    return out / "manifest.json"
+    return manifests
+
+
+def training_stream(cfg: Config, manifests: list[Path], rank: int = 0, world_size: int = 1) -> ShardStream:
+    """The run's stream: every language's shards, mixed by their ``weight`` if set, else by temperature."""
+    explicit = [b.weight for b in cfg.data.bitexts]
+    return ShardStream(
+        manifests,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.train.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        on_error=cfg.data.on_error,
+        max_pairs=cfg.data.max_pairs,
+        weights=explicit if all(explicit) else None,
+        temperature=cfg.data.temperature,
+    )

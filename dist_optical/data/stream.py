@@ -96,7 +96,8 @@ class ShardStream(IterableDataset):
             (``ShardLoader.error_counts()``).
         max_pairs: > 0 uses only the first N pairs of each source's manifest order (low-resource
             budget).
-        weights: one positive weight per source (relative); None = ``language_weights(sizes)``.
+        weights: one positive weight per source (relative); None = ``language_weights(sizes,
+            temperature)``.
 
     Samples are ``{key, src, tgt, lang}`` strings (lang: the source manifest's ``src_lang``).
     Iterating the stream directly yields epoch ``set_epoch(e)`` from its start; training should use
@@ -114,6 +115,7 @@ class ShardStream(IterableDataset):
         on_error: str = "raise",
         max_pairs: int = 0,
         weights: Sequence[float] | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
@@ -148,7 +150,7 @@ class ShardStream(IterableDataset):
         self.source_sizes = np.bincount(self.source_of_shard, self.counts, len(sources)).astype(np.int64)
         self.num_pairs = int(self.counts.sum())
         if weights is None:
-            weights = language_weights(self.source_sizes)
+            weights = language_weights(self.source_sizes, temperature)
         if len(weights) != len(sources) or not all(w > 0 for w in weights):
             raise ValueError(
                 f"weights: expected {len(sources)} positive values (one per source), got {weights}"

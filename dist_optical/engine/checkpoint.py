@@ -23,7 +23,7 @@ LATEST = "latest"
 META = "dist_optical.json"  # per tag: step, world size, ZeRO stage (read before the engine exists)
 
 # Changing these between save and resume would silently train a different thing.
-RESUME_SENSITIVE = ("model", "loss", "ot", "contrastive", "data.bitext", "data.src_lang", "data.tgt_lang")
+RESUME_SENSITIVE = ("model", "loss", "ot", "contrastive", "data.bitexts", "data.tgt_lang")
 
 
 def tag_for(step: int) -> str:

