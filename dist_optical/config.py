@@ -102,6 +102,9 @@ class OTConfig:
     # Unbalanced OT: > 0 relaxes the marginals to KL penalties of this strength (POT's reg_m), so
     # tokens without a counterpart need not be matched; 0 = balanced (exact marginals).
     rho: float = 0.0
+    # loss.ot_nce: InfoNCE over -W / nce_temperature, W the token-level OT cost of a sentence pair
+    # (W spreads less across sentences than pooled cosines do, hence below contrastive.temperature).
+    nce_temperature: float = 0.02
 
 
 @dataclass
@@ -128,6 +131,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16
     # Warn when the mean pairwise cosine of student sentence embeddings exceeds this.
     collapse_threshold: float = 0.9
+    # Every N steps (0 = never), score the student on the eval set named `dev_set` (foreign queries
+    # by the student, English targets by the teacher) and log dev/acc@1: the learning curve.
+    eval_every: int = 0
+    dev_set: str = ""
 
 
 @dataclass

@@ -118,9 +118,10 @@ class Encoder:
             name_or_path, model.max_length, model.pooling, model.tiny if tiny else None, model.prefix
         )
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: a ZeRO-3 student gathers its parameters in hooks
     def embed(self, texts: list[str], batch_size: int = 64, desc: str = "embed") -> Tensor:
         special = special_ids(self.tokenizer)
+        device = next(self.model.parameters()).device
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.model.config.hidden_size)
@@ -128,9 +129,13 @@ class Encoder:
             idx = order[start : start + batch_size]
             batch = tokenize(self.tokenizer, [texts[i] for i in idx], self.max_length, self.prefix)
             pooled = encode(
-                self.model, batch["input_ids"], batch["attention_mask"], special, self.pooling
+                self.model,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                special,
+                self.pooling,
             ).pooled
-            out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
         return out
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # models imports transformers (seconds); the losses only need
 
 COSTS = ("cosine", "sqeuclidean")
 MARGINALS = ("uniform", "idf")
-TERMS = ("ot", "contrastive", "mse", "english")
+TERMS = ("ot", "ot_nce", "contrastive", "mse", "english")
 
 Gather = Callable[[Tensor], Tensor]
 
@@ -112,18 +112,15 @@ def check_ot_config(cfg: OTConfig) -> None:
         raise ValueError(f"ot.rho: must be > 0, or 0 for balanced OT, got {cfg.rho}")
 
 
-def ot_loss(
+def transport(
     teacher: Encoded,
     student: Encoded,
     cfg: OTConfig,
     teacher_idf: Tensor | None = None,
     student_idf: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """Mean over the batch of <P_i, C_i>, P_i the entropic OT plan between the pair's tokens.
-
-    Stats: ``ot/plan_entropy`` (batch mean), ``ot/marginal_error`` (L1, batch max) and
-    ``ot/cost_mean`` (mean cost where both tokens are real: near 1 with near-uniform costs).
-    """
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pair i's teacher tokens against pair i's student tokens -> (plan, cost, a, b): the (B, n, m)
+    entropic OT plans and costs and the (B, n), (B, m) marginals."""
     if cfg.marginals not in MARGINALS:
         raise ValueError(f"ot.marginals: expected one of {', '.join(MARGINALS)}, got {cfg.marginals!r}")
     if cfg.marginals == "idf" and (teacher_idf is None or student_idf is None):
@@ -144,6 +141,22 @@ def ot_loss(
         eps_scaling=cfg.eps_scaling or None,
         rho=cfg.rho or None,
     )
+    return plan, cost, a, b
+
+
+def ot_loss(
+    teacher: Encoded,
+    student: Encoded,
+    cfg: OTConfig,
+    teacher_idf: Tensor | None = None,
+    student_idf: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Mean over the batch of <P_i, C_i>, P_i the entropic OT plan between the pair's tokens.
+
+    Stats: ``ot/plan_entropy`` (batch mean), ``ot/marginal_error`` (L1, batch max) and
+    ``ot/cost_mean`` (mean cost where both tokens are real: near 1 with near-uniform costs).
+    """
+    plan, cost, a, b = transport(teacher, student, cfg, teacher_idf, student_idf)
     loss = (plan * cost).sum(dim=(1, 2)).mean()
     with torch.no_grad():
         support = (a[:, :, None] > 0) & (b[:, None, :] > 0)
@@ -156,6 +169,95 @@ def ot_loss(
         )
     names = ("ot/plan_entropy", "ot/marginal_error", "ot/cost_mean")
     return loss, dict(zip(names, diagnostics.tolist(), strict=True))  # one host sync for all three
+
+
+def pairwise_transport_cost(
+    teacher: Encoded,
+    student: Encoded,
+    cfg: OTConfig,
+    teacher_idf: Tensor | None = None,
+    student_idf: Tensor | None = None,
+) -> Tensor:
+    """(R,) teacher and (C,) student sentences -> (R, C) OT costs W[i, j] = <P_ij, C_ij> between the
+    tokens of teacher sentence i and student sentence j: R x C problems in one batched Sinkhorn."""
+    rows, cols = len(teacher.tokens), len(student.tokens)
+    every_row = _select(teacher, torch.arange(rows).repeat_interleave(cols))
+    every_col = _select(student, torch.arange(cols).repeat(rows))
+    plan, cost, _, _ = transport(every_row, every_col, cfg, teacher_idf, student_idf)
+    return (plan * cost).sum(dim=(1, 2)).view(rows, cols)
+
+
+def _select(encoded: Encoded, index: Tensor) -> Encoded:
+    index = index.to(encoded.tokens.device)
+    return type(encoded)(
+        encoded.tokens[index], encoded.mask[index], encoded.input_ids[index], encoded.pooled[index]
+    )
+
+
+def ot_nce_loss(
+    teacher: Encoded,
+    student: Encoded,
+    cfg: OTConfig,
+    symmetric: bool = True,
+    gather: Gather | None = None,
+    rank: int = 0,
+    teacher_idf: Tensor | None = None,
+    student_idf: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """OT with negatives: InfoNCE whose score for (English i, foreign j) is -W(i, j) / ot.nce_temperature,
+    W the token-level OT cost (``pairwise_transport_cost``). It keeps OPTICAL's token alignment, but
+    cannot collapse: every other sentence of the (gathered) batch is a negative.
+
+    Rows are this rank's sentences, columns the gathered batch, as in `contrastive_loss`; ``gather``
+    must take same-shape tensors on every rank (pad the token length first: `pad_tokens`). One-way:
+    English rows (teacher) against foreign columns (student); symmetric: the mean with foreign rows
+    against English columns. Stats: ``ot_nce/positive_cost``, ``ot_nce/negative_cost`` (means of W).
+    """
+    if not cfg.nce_temperature > 0:
+        raise ValueError(f"ot.nce_temperature must be > 0, got {cfg.nce_temperature}")
+    labels = rank * len(teacher.tokens) + torch.arange(len(teacher.tokens), device=teacher.tokens.device)
+    every_student = _gather_encoded(student, gather)
+    english_rows = pairwise_transport_cost(teacher, every_student, cfg, teacher_idf, student_idf)
+    loss = F.cross_entropy(-english_rows / cfg.nce_temperature, labels)
+    if symmetric:
+        if gather is None:  # one process: the same (B, B) costs, read by column
+            foreign_rows = english_rows.T
+        else:
+            every_teacher = _gather_encoded(teacher, gather)
+            foreign_rows = pairwise_transport_cost(every_teacher, student, cfg, teacher_idf, student_idf).T
+        loss = 0.5 * (loss + F.cross_entropy(-foreign_rows / cfg.nce_temperature, labels))
+    with torch.no_grad():
+        positive = english_rows.gather(1, labels[:, None])
+        negatives = english_rows.numel() - positive.numel()
+        stats = torch.stack([positive.mean(), (english_rows.sum() - positive.sum()) / max(1, negatives)])
+    return loss, dict(zip(("ot_nce/positive_cost", "ot_nce/negative_cost"), stats.tolist(), strict=True))
+
+
+def _gather_encoded(encoded: Encoded, gather: Gather | None) -> Encoded:
+    if gather is None:
+        return encoded
+    return type(encoded)(
+        gather(encoded.tokens),
+        gather(encoded.mask.to(torch.uint8)).bool(),
+        gather(encoded.input_ids),
+        gather(encoded.pooled),
+    )
+
+
+def pad_tokens(encoded: Encoded, length: int) -> Encoded:
+    """Pad (B, L, ...) token fields to ``length`` (L <= length): padding is masked out, so no OT mass
+    and no cost reaches it; every rank then gathers the same shape."""
+    extra = length - encoded.tokens.shape[1]
+    if extra < 0:
+        raise ValueError(f"pad_tokens: {encoded.tokens.shape[1]} tokens exceed length {length}")
+    if extra == 0:
+        return encoded
+    return type(encoded)(
+        F.pad(encoded.tokens, (0, 0, 0, extra)),
+        F.pad(encoded.mask, (0, extra), value=False),
+        F.pad(encoded.input_ids, (0, extra), value=0),
+        encoded.pooled,
+    )
 
 
 def contrastive_loss(
@@ -206,12 +308,14 @@ def mean_pairwise_cosine(pooled: Tensor) -> Tensor:
 
 
 class Objective:
-    """Weighted sum of named terms (``ot``, ``contrastive``, ``mse``, ``english``); weight-0 terms
-    are skipped.
+    """Weighted sum of named terms (``ot``, ``ot_nce``, ``contrastive``, ``mse``, ``english``);
+    weight-0 terms are skipped.
 
-    ``gather``/``rank`` go to `contrastive_loss`; the idf tables to `ot_loss`. ``english`` is the
-    MSE between the student's and the teacher's pooled embeddings of the English side (Reimers &
-    Gurevych): it keeps the student's English where the teacher's English index expects it.
+    ``gather``/``rank`` go to `contrastive_loss` and `ot_nce_loss` (which pads its token tensors to
+    ``pad_to`` first, so that every rank gathers one shape); the idf tables to the OT terms.
+    ``english`` is the MSE between the student's and the teacher's pooled embeddings of the English
+    side (Reimers & Gurevych): it keeps the student's English where the teacher's English index
+    expects it.
     """
 
     def __init__(
@@ -223,6 +327,7 @@ class Objective:
         rank: int = 0,
         teacher_idf: Tensor | None = None,
         student_idf: Tensor | None = None,
+        pad_to: int | None = None,
     ) -> None:
         for name, weight in weights.items():
             if name not in TERMS:
@@ -232,8 +337,11 @@ class Objective:
         self.weights = {name: float(weight) for name, weight in weights.items() if weight > 0}
         if not self.weights:
             raise ValueError(f"loss: every weight is zero ({weights}); nothing to train")
-        if "ot" in self.weights:
+        if "ot" in self.weights or "ot_nce" in self.weights:
             check_ot_config(ot_cfg)
+        if "ot_nce" in self.weights and gather is not None and pad_to is None:
+            raise ValueError("loss.ot_nce across ranks needs pad_to (the token length every rank pads to)")
+        self.pad_to = pad_to
         self.ot_cfg = ot_cfg
         self.contrastive_cfg = contrastive_cfg
         self.gather = gather
@@ -257,6 +365,21 @@ class Objective:
         if "ot" in self.weights:
             terms["ot"], ot_stats = ot_loss(teacher, student, self.ot_cfg, self.teacher_idf, self.student_idf)
             stats.update(ot_stats)
+        if "ot_nce" in self.weights:
+            english, foreign = teacher, student
+            if self.gather is not None:
+                english, foreign = pad_tokens(teacher, self.pad_to), pad_tokens(student, self.pad_to)
+            terms["ot_nce"], nce_stats = ot_nce_loss(
+                english,
+                foreign,
+                self.ot_cfg,
+                self.contrastive_cfg.symmetric,
+                self.gather,
+                self.rank,
+                self.teacher_idf,
+                self.student_idf,
+            )
+            stats.update(nce_stats)
         if "contrastive" in self.weights:
             cfg = self.contrastive_cfg
             terms["contrastive"] = contrastive_loss(

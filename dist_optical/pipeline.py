@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dist_optical.config import Config
 from dist_optical.evalsets import EvalData, load_eval_set
-from dist_optical.evaluate import Encoder, evaluate_parallel, evaluate_qrels, format_table
+from dist_optical.evaluate import Encoder, evaluate_parallel, evaluate_qrels, format_table, gold_ranks
 from dist_optical.models.package import exported_meta, write_card
 
 log = logging.getLogger("dist_optical.pipeline")
@@ -46,15 +46,22 @@ class Evaluator:
             for name, data in self.sets.items()
         }
 
-    def __call__(self, query_model: Encoder, target_model: Encoder | None = None) -> Results:
+    def __call__(
+        self, query_model: Encoder, target_model: Encoder | None = None, ranks: dict | None = None
+    ) -> Results:
         """Foreign queries by ``query_model``; English targets by the teacher (its cached index), or by
-        ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)` user has it)."""
+        ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)` user has it).
+        ``ranks``, if given, receives each aligned set's 1-based gold rank per query (foreign ->
+        English): what a paired bootstrap over queries needs."""
         queries = self._embed_all(query_model, "queries")
         targets = self.targets if target_model is None else self._embed_all(target_model, "targets")
         results = {}
         for name, data in self.sets.items():
             if data.relevant is None:
                 results[name] = evaluate_parallel(queries[name], targets[name])
+                if ranks is not None:
+                    gold = torch.arange(len(data.queries))
+                    ranks[name] = gold_ranks(queries[name] @ targets[name].T, gold).tolist()
             else:
                 results[name] = evaluate_qrels(queries[name], targets[name], data.relevant, data.gains)
         return results

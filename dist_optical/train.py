@@ -23,10 +23,12 @@ from tqdm import tqdm
 from dist_optical.config import Config, config_hash, config_to_dict, save_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream
 from dist_optical.data.prepare import ensure_shards, training_stream
+from dist_optical.devcurve import DevCurve
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, partition_teacher, wrap_student
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
+from dist_optical.evaluate import Encoder
 from dist_optical.export import export_checkpoint, run_kept_ids
 from dist_optical.losses import Objective, idf_table
 from dist_optical.models import (
@@ -131,7 +133,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         num_workers=cfg.data.num_workers,
     )
     teacher_idf = student_idf = None
-    if cfg.loss.get("ot", 0.0) > 0 and cfg.ot.marginals == "idf":
+    if max(cfg.loss.get("ot", 0.0), cfg.loss.get("ot_nce", 0.0)) > 0 and cfg.ot.marginals == "idf":
         teacher_idf, student_idf = idf_tables(
             manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length
         )
@@ -143,7 +145,13 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
         rank=env.rank,
         teacher_idf=teacher_idf,
         student_idf=student_idf,
+        pad_to=cfg.model.max_length,
     )
+
+    dev = None
+    if cfg.train.eval_every:
+        dev = DevCurve(cfg, Encoder(cfg.model.teacher, teacher, teacher_tok, **encoding(cfg)))
+        student_encoder = Encoder("student", engine.module, student_tok, **encoding(cfg))
 
     ckpt_dir = out / "checkpoints"
     start_step = 0
@@ -223,6 +231,10 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
             samples_per_s=samples_per_step / (time.perf_counter() - t0),
             epoch=batch["epoch"],
         )
+        if dev is not None and (step + 1) % cfg.train.eval_every == 0:  # every rank: ZeRO-3 gathers
+            engine.eval()
+            metrics.update(dev(student_encoder))
+            engine.train()
         logger.log(metrics)
         if env.is_main:
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", cos=f"{metrics['collapse/student_cos']:.2f}")
@@ -249,6 +261,11 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     # optimizer state (~350 MB for MiniLM), e.g. across the runs of `dist-optical compare`.
     engine.destroy()
     return {"steps": final_step, "run_dir": str(out), "model": str(out / "model")}
+
+
+def encoding(cfg: Config) -> dict[str, Any]:
+    """How the run encodes text for retrieval: truncation, pooling, prefix."""
+    return {"max_length": cfg.model.max_length, "pooling": cfg.model.pooling, "prefix": cfg.model.prefix}
 
 
 def language_shares(langs: list[str], languages: list[str]) -> dict[str, float]:

@@ -19,9 +19,10 @@ from dist_optical.config import REPO_ROOT, ConfigError, load_config
 SPEC = """
 base: configs/tiny.yaml
 overrides:
-  train: {max_steps: 4, log_every: 2, warmup_steps: 1}
+  train: {max_steps: 4, log_every: 2, warmup_steps: 1, eval_every: 2, dev_set: rev-swh}
 languages:
   swh:
+    data: {bitexts: [{lang: swh, files: [bible/Swahili-NT.xml, bible/English-KJV-NT.xml]}]}
     eval:
       sets:
         - {name: tatoeba-swh, queries: tatoeba/tatoeba.swh-eng.swh, targets: tatoeba/tatoeba.swh-eng.eng,
@@ -94,6 +95,34 @@ def test_report_numbers_match_results_json(compared):
     diagnostics = summary["ot/pairs-all"]["diagnostics"]["last"]
     assert "ot/plan_entropy" in diagnostics and "collapse/student_cos" in diagnostics
     assert not (out / "runs/swh/ot/pairs-all/seed0/checkpoints").exists()  # deleted once evaluated
+
+
+def test_intervals_come_from_the_runs_per_query_ranks(compared):
+    from dist_optical.compare.report import _interval
+    from dist_optical.compare.stats import correct_at_1, paired_bootstrap
+
+    _, out = compared
+    results = json.loads((out / "results.json").read_text())
+    runs = {(r["objective"], r["seed"]): r for r in results["runs"]}
+    tests = results["significance"]["swh"]
+    assert set(tests) == {"tatoeba-swh", "rev-swh"}
+    for name, queries in (("tatoeba-swh", 60), ("rev-swh", 60)):
+        ot = [correct_at_1(runs[("ot", seed)]["ranks"][name]) for seed in (0, 1)]
+        infonce = [correct_at_1(runs[("infonce", seed)]["ranks"][name]) for seed in (0, 1)]
+        zero = [correct_at_1(runs[("zero-shot", None)]["ranks"][name])]
+        assert len(ot[0]) == queries
+        # acc@1 from the ranks is the acc@1 the run reported
+        assert 100 * ot[0].mean() == pytest.approx(runs[("ot", 0)]["results"][name]["src->tgt"]["acc@1"])
+        assert tests[name]["ot"]["vs infonce"] == paired_bootstrap(ot, infonce)
+        assert tests[name]["ot"]["vs zero-shot"] == paired_bootstrap(ot, zero)
+        assert "vs infonce" not in tests[name]["infonce"]
+    report = (out / "report.md").read_text()
+    assert "## Differences with 95% intervals" in report
+    assert _interval(tests["rev-swh"]["ot"]["vs infonce"]) in report
+    for run in results["runs"]:  # the dev curve: every 2 steps of 8 pairs
+        if run["seed"] is not None:
+            assert [pairs for pairs, _ in run["curve"]] == [16, 32]
+    assert (out / "curves.png").stat().st_size > 0 and (out / "headline.png").stat().st_size > 0
 
 
 def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
@@ -206,16 +235,33 @@ def test_spec_errors_name_the_key(tmp_path, change, message):
         [spec.run_config(key) for key in plan(spec) if key.trains]
 
 
-@pytest.mark.parametrize("name", ["compare.yaml", "compare-full.yaml"])
-def test_shipped_specs_build_every_run(name):
-    from dist_optical.compare.runner import check_configs
+SPECS = {  # spec -> languages it must cover, minimum seeds
+    "compare.yaml": ({"wol", "ewe", "swh"}, 3),
+    "compare-full.yaml": ({"wol", "ewe", "zul", "swh"}, 5),
+    "compare-minilm.yaml": ({"swh", "zul", "wol", "ewe"}, 1),
+}
 
-    spec = load_spec(REPO_ROOT / "configs" / name)
-    keys = plan(spec)
-    configs = {
-        key: spec.run_config(key) if key.trains else spec.language_config(key.language) for key in keys
-    }
-    check_configs(spec, configs)
-    assert {key.language for key in keys} == {"swh", "zul", "wol", "ewe"}
-    assert {key.objective for key in keys} >= {"zero-shot", "ot", "ot+infonce", "ot+mse", "infonce", "mse"}
-    assert all(cfg.data.exclude_books == ["REV"] for cfg in configs.values())
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_shipped_specs_build_every_run(name):
+    from dist_optical.compare.runner import checked_plan
+
+    spec, keys, configs = checked_plan(REPO_ROOT / "configs" / name)
+    languages, seeds = SPECS[name]
+    assert {key.language for key in keys} == languages
+    assert len(spec.grids["main"].seeds) >= seeds
+    for key, cfg in configs.items():
+        assert "REV" in cfg.data.exclude_books
+        assert [b.lang for b in cfg.data.bitexts] == [key.language]  # a language trains on its own bitext
+    if name != "compare-minilm.yaml":  # the multilingual grids: the objectives the question names
+        assert {key.objective for key in keys} >= {
+            "zero-shot",
+            "ot",
+            "infonce",
+            "mse",
+            "ot+infonce",
+            "ot_nce",
+        }
+        for key, cfg in configs.items():
+            if key.trains and key.pairs:  # a budgeted pool is seen at least once in full
+                assert cfg.train.max_steps >= key.pairs // (cfg.train.micro_batch_size * cfg.train.grad_accum)

@@ -4,6 +4,7 @@ and `eval`, cross-checked against each other."""
 import json
 
 import pytest
+import yaml
 from train.helpers import run_module  # tests/ is on sys.path (rootdir-relative test modules)
 
 from dist_optical.config import REPO_ROOT
@@ -28,17 +29,44 @@ def default_run(tmp_path_factory):
     return out, proc.stdout
 
 
+ROWS = ("zero-shot teacher", "trained student -> teacher index", "trained student alone")
+
+
 def test_run_prints_before_after_table_and_writes_run_folder(default_run):
     out, stdout = default_run
-    assert "| zero-shot teacher |" in stdout and "| trained student |" in stdout
+    assert all(f"| {row} |" in stdout for row in ROWS)
     report = json.loads((out / "eval.json").read_text())
     rows = report["results"]
-    assert set(rows) == {"zero-shot teacher", "trained student"}
+    assert tuple(rows) == ROWS
     for row in rows.values():
         metrics = row["tatoeba-swh"]["src->tgt"]
         assert 0.0 <= metrics["acc@1"] <= metrics["recall@10"] <= 100.0
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
-    assert (out / "model" / "model.safetensors").is_file()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    languages = [b["lang"] for b in yaml.safe_load((out / "config.yaml").read_text())["data"]["bitexts"]]
+    assert len(languages) > 1 and all(
+        sum(m[f"lang/{lang}"] for lang in languages) == pytest.approx(1.0) for m in metrics
+    )
+    assert (out / "model" / "model.safetensors").is_file() and (out / "vocab.json").is_file()
+    card = (out / "model" / "README.md").read_text()
+    assert "tatoeba-swh" in card and "sentence-transformers" in card
+
+
+def test_sentence_transformers_user_gets_the_student_alone_row(default_run):
+    """`SentenceTransformer(DIR)` on both sides reproduces the run's "student alone" numbers."""
+    from sentence_transformers import SentenceTransformer
+
+    from dist_optical.evaluate import evaluate_parallel, read_lines
+
+    out, _ = default_run
+    rows = json.loads((out / "eval.json").read_text())["results"]
+    model = SentenceTransformer(str(out / "model"), device="cpu")
+    queries = read_lines(TATOEBA / "tatoeba.swh-eng.swh", 120)
+    targets = read_lines(TATOEBA / "tatoeba.swh-eng.eng", 120)
+    encode = lambda texts: model.encode(texts, convert_to_tensor=True)  # noqa: E731
+    results = evaluate_parallel(encode(queries), encode(targets))
+    for direction in ("src->tgt", "tgt->src"):
+        assert results[direction] == pytest.approx(rows["trained student alone"]["tatoeba-swh"][direction])
 
 
 def eval_tatoeba(model: str, out) -> dict:
@@ -63,8 +91,10 @@ def eval_tatoeba(model: str, out) -> dict:
 def test_eval_command_reproduces_the_run_rows(default_run, tmp_path):
     out, _ = default_run
     rows = json.loads((out / "eval.json").read_text())["results"]
-    zero_shot = eval_tatoeba("all-MiniLM-L6-v2", tmp_path / "zs.json")
+    zero_shot = eval_tatoeba("multilingual-e5-small", tmp_path / "zs.json")
     assert zero_shot["src->tgt"] == pytest.approx(rows["zero-shot teacher"]["tatoeba-swh"]["src->tgt"])
     # the exported student's folder names its teacher, which then encodes the English side
     student = eval_tatoeba(str(out / "model"), tmp_path / "student.json")
-    assert student["src->tgt"] == pytest.approx(rows["trained student"]["tatoeba-swh"]["src->tgt"])
+    assert student["src->tgt"] == pytest.approx(
+        rows["trained student -> teacher index"]["tatoeba-swh"]["src->tgt"]
+    )

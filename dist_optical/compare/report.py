@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_optical.compare.spec import Spec
+from dist_optical.compare.stats import RESAMPLES
 
 DIRECTION = "src->tgt"
 
@@ -77,7 +78,10 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
         language: {s.name: s.kind for s in spec.language_config(language).eval.sets} for language in summary
     }
     plots = [_plot_grid(name, grid, spec, summary, kinds, out) for name, grid in spec.grids.items()]
+    extra = [p for p in (plot_headline(results, spec, out), plot_curves(results["runs"], spec, out)) if p]
     lines = _header(results, spec)
+    lines += significance_lines(results, spec)
+    lines += [f"![{p.stem}]({p.name})" for p in extra] + [""]
     for (name, grid), plot in zip(spec.grids.items(), plots, strict=True):
         lines += [f"## Grid `{name}`", ""]
         lines += [
@@ -101,8 +105,10 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
         lines += [f"![{name}]({plot.name})", ""]
     lines += _reading(summary, spec, kinds)
     report = out / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    return [report, *plots]
+    tmp = out / "report.md.tmp"
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(report)
+    return [report, *plots, *extra]
 
 
 def _header(results: dict[str, Any], spec: Spec) -> list[str]:
@@ -311,6 +317,151 @@ def _plot_grid(
         ax.set_visible(False)
     fig.tight_layout()
     path = out / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+REFERENCES = ("infonce", "zero-shot")  # what every objective is measured against, when in the grid
+
+
+def significance(records: list[dict[str, Any]], spec: Spec) -> dict[str, Any]:
+    """Per grid with one pair budget: language -> eval set -> objective -> reference -> the paired
+    bootstrap (`stats.paired_bootstrap`, seeds pooled) of acc@1 minus the reference's, and
+    ``acc``: the objective's own acc@1 with its bootstrap interval (the bar chart's whiskers)."""
+    from dist_optical.compare.stats import correct_at_1, paired_bootstrap
+
+    out: dict[str, Any] = {}
+    for grid in (g for g in spec.grids.values() if len(g.pairs) == 1):
+        for language in grid.languages:
+            correct: dict[str, dict[str, list]] = {}  # objective -> set -> per-seed 0/1 per query
+            for record in records:
+                trained = spec.objectives.get(record["objective"]) is not None
+                if (
+                    record["language"] == language
+                    and record["objective"] in grid.objectives
+                    and record["pairs"] == (grid.pairs[0] if trained else 0)
+                ):
+                    for name, ranks in record.get("ranks", {}).items():
+                        correct.setdefault(record["objective"], {}).setdefault(name, []).append(
+                            correct_at_1(ranks)
+                        )
+            for objective, sets in correct.items():
+                for name, seeds in sets.items():
+                    entry = out.setdefault(language, {}).setdefault(name, {}).setdefault(objective, {})
+                    entry["acc"] = paired_bootstrap(seeds, [[0.0] * len(seeds[0])])
+                    for reference in REFERENCES:
+                        if reference != objective and name in correct.get(reference, {}):
+                            entry[f"vs {reference}"] = paired_bootstrap(seeds, correct[reference][name])
+    return out
+
+
+def significance_lines(results: dict[str, Any], spec: Spec) -> list[str]:
+    """One table per language: acc@1 minus InfoNCE's and minus zero-shot's, 95% intervals."""
+    tests = results.get("significance", {})
+    if not tests:
+        return []
+    lines = [
+        "## Differences with 95% intervals (paired bootstrap over queries)",
+        "",
+        "acc@1 of each objective minus InfoNCE's and minus zero-shot's, in points, seeds pooled "
+        f"(each query's correctness averaged over the objective's seeds), {RESAMPLES} "
+        "resamples of the queries; **bold** where the interval excludes 0 (a real difference), plain "
+        "where it does not (no difference shown at this many queries).",
+        "",
+    ]
+    for language in (lang for lang in spec.languages if lang in tests):
+        sets = list(tests[language])
+        objectives = list(dict.fromkeys(o for s in sets for o in tests[language][s]))
+        lines += [f"### {language}", ""]
+        header = [f"{s} {label}" for s in sets for label in ("acc@1", "- infonce", "- zero-shot")]
+        lines += ["| objective | " + " | ".join(header) + " |", "|---" * (1 + len(header)) + "|"]
+        for objective in objectives:
+            cells = []
+            for s in sets:
+                entry = tests[language][s].get(objective, {})
+                cells.append(_interval(entry["acc"], mark=False) if "acc" in entry else "-")
+                for reference in REFERENCES:
+                    cells.append(_interval(entry[f"vs {reference}"]) if f"vs {reference}" in entry else "-")
+            lines.append(f"| {objective} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _interval(test: dict[str, Any], mark: bool = True) -> str:
+    text = (
+        f"{test['diff']:+.1f} [{test['low']:+.1f}, {test['high']:+.1f}]"
+        if mark
+        else (f"{test['diff']:.1f} [{test['low']:.1f}, {test['high']:.1f}]")
+    )
+    return f"**{text}**" if mark and test["significant"] else text
+
+
+def plot_curves(records: list[dict[str, Any]], spec: Spec, out: Path) -> Path | None:
+    """curves.png: dev acc@1 against pairs seen, a panel per language, a line per objective (mean
+    over seeds, band = min..max over seeds); None when no run logged a curve."""
+    curves: dict[str, dict[str, list[list[list[float]]]]] = {}
+    for record in records:
+        if record.get("curve"):
+            curves.setdefault(record["language"], {}).setdefault(record["objective"], []).append(
+                record["curve"]
+            )
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    languages = [lang for lang in spec.languages if lang in curves]
+    fig, axes = plt.subplots(1, len(languages), figsize=(4.4 * len(languages), 3.4), squeeze=False)
+    for ax, language in zip(axes.flat, languages, strict=True):
+        for objective, runs in curves[language].items():
+            length = min(len(run) for run in runs)
+            pairs = np.array([point[0] for point in runs[0][:length]])
+            values = np.array([[point[1] for point in run[:length]] for run in runs])
+            ax.plot(pairs, values.mean(0), marker=".", label=f"{objective} (n={len(runs)})")
+            ax.fill_between(pairs, values.min(0), values.max(0), alpha=0.2)
+        ax.set_title(f"{language}: dev acc@1", fontsize=9)
+        ax.set_xlabel("training pairs seen")
+        ax.set_ylabel("acc@1 %")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_headline(results: dict[str, Any], spec: Spec, out: Path) -> Path | None:
+    """headline.png: acc@1 per objective, a panel per (language, eval set), whiskers = the 95%
+    bootstrap interval over queries (seeds pooled)."""
+    tests = results.get("significance", {})
+    panels = [(lang, s) for lang in spec.languages if lang in tests for s in tests[lang]]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(panels))
+    rows_n = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+    for ax, (language, s) in zip(axes.flat, panels, strict=False):
+        entries = tests[language][s]
+        names = list(entries)
+        acc = [entries[o]["acc"] for o in names]
+        whiskers = [[a["diff"] - a["low"] for a in acc], [a["high"] - a["diff"] for a in acc]]
+        ax.bar(range(len(names)), [a["diff"] for a in acc], yerr=whiskers, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        ax.set_title(f"{language} / {s}", fontsize=9)
+        ax.set_ylabel("acc@1 % (95% interval)")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path = out / "headline.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_optical.compare.report import summarise, write_report
+from dist_optical.compare.report import significance, summarise, write_report
 from dist_optical.compare.spec import RunKey, Spec, load_spec, plan
 from dist_optical.config import Config, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
@@ -89,6 +89,7 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
         "splits": splits,
         "runs": records,
         "summary": summarise(records),
+        "significance": significance(records, spec),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
@@ -220,6 +221,7 @@ def run_one(
         "config_hash": digest,
     }
     t0 = time.perf_counter()
+    ranks: dict[str, list[int]] = {}
     if key.trains:
         from dist_optical.evaluate import Encoder
         from dist_optical.train import train
@@ -229,13 +231,14 @@ def run_one(
         model = Encoder.from_config(summary["model"], cfg.model)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
-        results = evaluator.get()(model)
+        results = evaluator.get()(model, ranks=ranks)
     else:
-        results = evaluator.get()(evaluator.get().teacher)
+        results = evaluator.get()(evaluator.get().teacher, ranks=ranks)
     record["eval_wall_s"] = time.perf_counter() - t0
     # The wall times above are only comparable when the machine was equally busy: record how busy.
     record["load_average"] = os.getloadavg()[0]
     record["results"] = results
+    record["ranks"] = ranks  # per query, foreign -> English: the report's paired bootstrap
     write_json_atomic(result_path, record)  # last: from here on the run counts as finished
     if key.trains and not keep_models:  # ~400 MB a run; the numbers are in result.json
         for name in ("checkpoints", "model"):
@@ -260,7 +263,12 @@ def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, An
 
     sizes = [load_manifest(shard_folder(cfg, b.lang))["total_pairs"] for b in cfg.data.bitexts]
     lines = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
+    pairs_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum
     return {
+        # The learning curve: (pairs seen, dev acc@1) at every train.eval_every steps.
+        "curve": [
+            [line["step"] * pairs_per_step, line["dev/acc@1"]] for line in lines if "dev/acc@1" in line
+        ],
         "steps": steps,
         "pairs_pool": sum(min(n, cfg.data.max_pairs) if cfg.data.max_pairs else n for n in sizes),
         "pairs_seen": steps * cfg.train.micro_batch_size * cfg.train.grad_accum,

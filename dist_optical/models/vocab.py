@@ -32,7 +32,7 @@ class TrimmedEmbedding(nn.Module):
             raise ValueError(f"trim_vocab: the fallback id {fallback_id} must be among the kept ids")
         self.weight = nn.Parameter(weight)
         self.vocab_size = vocab_size
-        self.register_buffer("kept_ids", kept_ids.clone())
+        self.register_buffer("kept_ids", kept_ids.clone(), persistent=False)  # RUN/vocab.json has them
         index = torch.full((vocab_size,), int((kept_ids == fallback_id).nonzero()[0, 0]), dtype=torch.long)
         index[kept_ids] = torch.arange(len(kept_ids))
         self.register_buffer("row_of_id", index, persistent=False)

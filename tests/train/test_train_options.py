@@ -17,7 +17,7 @@ from dist_optical.losses import idf_table
 from dist_optical.models import load_tokenizer
 from dist_optical.train import idf_tables
 
-from .helpers import TINY, cli_env, read_metrics, run_train
+from .helpers import TINY, cli_env, read_metrics, run_train, train_args
 
 ENGLISH = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "tatoeba.swh-eng.eng"
 
@@ -82,3 +82,19 @@ print("engines alive:", sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objec
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "engines alive: 0" in proc.stdout
+
+
+def test_dev_curve_is_logged_every_n_steps(tmp_path):
+    run_train(tmp_path, "train.max_steps=8", "train.eval_every=4", "train.dev_set=tatoeba-swh")
+    metrics = read_metrics(tmp_path)
+    scored = [m["step"] for m in metrics if "dev/acc@1" in m]
+    assert scored == [4, 8]
+    assert all(0.0 <= m["dev/acc@1"] <= m["dev/mrr@10"] <= 100.0 for m in metrics if "dev/acc@1" in m)
+
+
+def test_a_dev_set_that_is_not_an_eval_set_is_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", *train_args(tmp_path, "train.eval_every=4", "train.dev_set=nope")],
+        env=cli_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "train.dev_set: 'nope' is not one of eval.sets" in proc.stderr

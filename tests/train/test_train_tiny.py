@@ -36,6 +36,32 @@ def test_tiny_training_lowers_the_loss_and_exports(uninterrupted):
     assert any((uninterrupted / "tb").iterdir())
 
 
+def test_trimmed_vocabulary_trains_its_rows_and_exports_the_full_table(uninterrupted):
+    """The run trained only the rows its texts use (RUN/vocab.json); the export carries the whole
+    tokenizer's table: trained rows written back, every other row as the initial model had it."""
+    from dist_optical.config import load_config
+    from dist_optical.models import load_encoder, load_tokenizer
+    from dist_optical.models.vocab import load_kept_ids
+
+    cfg = load_config(uninterrupted / "config.yaml")
+    kept = load_kept_ids(uninterrupted / "vocab.json")
+    tokenizer = load_tokenizer(cfg.model.teacher)
+    initial = load_encoder(cfg.model.teacher, cfg.model.tiny, len(tokenizer)).get_input_embeddings().weight
+    exported = AutoModel.from_pretrained(uninterrupted / "model").get_input_embeddings().weight
+    assert exported.shape == initial.shape and 0 < len(kept) < len(tokenizer) / 2
+    unseen = torch.ones(len(initial), dtype=torch.bool)
+    unseen[kept] = False
+    assert torch.equal(exported[unseen], initial[unseen])
+    assert not torch.allclose(exported[kept], initial[kept])  # the kept rows were trained
+    ckpt = uninterrupted / "checkpoints"
+    states = torch.load(
+        ckpt / (ckpt / "latest").read_text() / "mp_rank_00_model_states.pt",
+        map_location="cpu",
+        weights_only=False,
+    )["module"]
+    assert states["embeddings.word_embeddings.weight"].shape[0] == len(kept)
+
+
 def test_teacher_is_frozen_and_not_in_the_optimizer(uninterrupted):
     """The exported student moved; the teacher (seeded tiny init) did not enter the checkpoint's optimizer."""
     ckpt = uninterrupted / "checkpoints"
