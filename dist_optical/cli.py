@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dist_optical.config import REPO_ROOT, ConfigError, load_config
+from dist_optical.errors import UserError
 from dist_optical.launch.cluster import CLUSTERS
 from dist_optical.launch.submit import add_arguments as submit_arguments
 from dist_optical.launch.submit import add_job_arguments
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, UserError) as err:
         sys.exit(f"dist-optical {args.command}: error: {err}")
 
 

@@ -1,13 +1,19 @@
 """Checkpoints: ZeRO shards through the DeepSpeed engine, everything else as client state.
 
 Layout under RUN/checkpoints/: one folder per tag (`step000123`) and a `latest` file naming the
-newest *complete* one. `latest` is written to a temp name and renamed only after every rank
-finished saving, so a crash mid-save leaves the previous checkpoint as the one to resume.
+newest complete one. A tag is *complete* when its marker (`dist_optical.json`), written last by
+the main rank after every rank finished saving, lists each of its files with size and sha256.
+`--resume auto` takes the newest complete tag whose files still match (whatever `latest` says or
+whether it exists), skipping a damaged one with a warning that names the damaged file. A crash
+mid-save leaves a tag without a marker: never resumed from, and the previous one is intact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -18,9 +24,13 @@ from typing import Any
 import torch
 
 from dist_optical.engine.dist import barrier
+from dist_optical.errors import UserError
+
+log = logging.getLogger("dist_optical.checkpoint")
 
 LATEST = "latest"
-META = "dist_optical.json"  # per tag: step, world size, ZeRO stage (read before the engine exists)
+# Per tag, written last: step, world size, ZeRO stage, and every file's size and sha256.
+META = "dist_optical.json"
 
 # Changing these between save and resume would silently train a different thing.
 RESUME_SENSITIVE = ("model", "loss", "ot", "contrastive", "data.bitexts", "data.tgt_lang")
@@ -28,14 +38,6 @@ RESUME_SENSITIVE = ("model", "loss", "ot", "contrastive", "data.bitexts", "data.
 
 def tag_for(step: int) -> str:
     return f"step{step:06d}"
-
-
-def latest_tag(ckpt_dir: Path) -> str | None:
-    pointer = ckpt_dir / LATEST
-    if not pointer.is_file():
-        return None
-    tag = pointer.read_text(encoding="utf-8").strip()
-    return tag if (ckpt_dir / tag).is_dir() else None
 
 
 def versions() -> dict[str, str]:
@@ -53,47 +55,150 @@ def versions() -> dict[str, str]:
 def save(
     engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], is_main: bool, keep_last: int
 ) -> Path:
-    """Save on every rank (ZeRO shards are per rank); move `latest` once all are done; prune old tags."""
+    """Save on every rank (ZeRO shards are per rank); then, on the main rank, the tag's marker
+    (which makes it complete), `latest`, and pruning; a failed save leaves no half tag behind."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    barrier()
-    if is_main:
-        meta = {
-            "step": step,
-            "world_size": client_state["world_size"],
-            "zero_stage": engine.zero_optimization_stage(),
-        }
-        (ckpt_dir / tag / META).write_text(json.dumps(meta), encoding="utf-8")
-        tmp = ckpt_dir / f"{LATEST}.tmp"
-        tmp.write_text(tag, encoding="utf-8")
-        tmp.replace(ckpt_dir / LATEST)
-        if keep_last > 0:
-            tags = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
-            for old in tags[:-keep_last]:  # (universal conversions live under universal/, not here)
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        barrier()
+        if is_main:
+            meta = {
+                "step": step,
+                "world_size": client_state["world_size"],
+                "zero_stage": engine.zero_optimization_stage(),
+                "files": {name: _fingerprint(ckpt_dir / tag / name) for name in _tag_files(ckpt_dir / tag)},
+            }
+            _write_atomic(ckpt_dir / tag / META, json.dumps(meta, indent=1))
+            _write_atomic(ckpt_dir / LATEST, tag)
+    except OSError as err:
+        if is_main:
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # only the tag this save was writing
+        raise CheckpointError(f"saving checkpoint {ckpt_dir / tag} failed: {_why(err)}; "
+                              f"the previous complete checkpoint is intact") from err  # fmt: skip
+    if is_main and keep_last > 0:
+        prune(ckpt_dir, keep_last, keep={tag})
     barrier()
     return ckpt_dir / tag
 
 
+class CheckpointError(UserError):
+    """A checkpoint that cannot be written or read; the message names the folder or file."""
+
+
+def _why(err: OSError) -> str:
+    import errno
+
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the disk holding {err.filename or 'the run folder'}"
+    return f"{err.strerror or err} ({err.filename})" if err.filename else str(err)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a 0-byte temp file behind
+        raise
+
+
+def _tag_files(tag_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file() and p.name != META)
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def tags(ckpt_dir: Path) -> list[str]:
+    """Tag folders, oldest first (by step)."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
+
+
+def damage(tag_dir: Path, checksums: bool = True) -> str | None:
+    """Why ``tag_dir`` cannot be resumed from (names the file), or None when it is complete."""
+    marker = tag_dir / META
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return f"{marker} is missing (the save did not finish)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{marker} is unreadable ({err})"
+    for name, expected in files.items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{path} has {path.stat().st_size} bytes, {expected['bytes']} when saved (truncated?)"
+        if checksums and _fingerprint(path)["sha256"] != expected["sha256"]:
+            return f"{path} does not match its sha256 from the save (altered or corrupted)"
+    return None
+
+
+def newest_complete(ckpt_dir: Path) -> str | None:
+    """The newest tag without damage, warning about each newer damaged one; None if no tag exists.
+    Raises when tags exist but none is complete."""
+    damaged = []
+    for tag in reversed(tags(ckpt_dir)):
+        why = damage(ckpt_dir / tag)
+        if why is None:
+            return tag
+        log.warning("checkpoint %s is damaged: %s; trying the previous one", ckpt_dir / tag, why)
+        damaged.append(why)
+    if damaged:
+        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint to resume from ({'; '.join(damaged)})")
+    return None
+
+
+def prune(ckpt_dir: Path, keep_last: int, keep: set[str]) -> None:
+    """Remove complete tags beyond the newest ``keep_last``, never one in ``keep`` or `latest`'s."""
+    pointer = ckpt_dir / LATEST
+    protected = set(keep) | ({pointer.read_text(encoding="utf-8").strip()} if pointer.is_file() else set())
+    complete = [tag for tag in tags(ckpt_dir) if damage(ckpt_dir / tag, checksums=False) is None]
+    for old in complete[:-keep_last]:  # (universal conversions live under universal/, not here)
+        if old not in protected:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+
+
+def refuse_fresh_start(run_dir: Path) -> None:
+    """A fresh start would overwrite a run's metrics and prune its checkpoints: refuse it."""
+    existing = tags(run_dir / "checkpoints")
+    if existing:
+        raise UserError(
+            f"{run_dir} already holds a run's checkpoints ({run_dir / 'checkpoints' / existing[-1]}): "
+            "continue it with --resume auto, or train into a new --out"
+        )
+
+
 def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, str] | None:
     """`--resume auto`: newest complete checkpoint of this run, or None for a fresh start.
-    `--resume PATH`: a checkpoints folder (uses its `latest`) or one tag folder inside it; must exist."""
+    `--resume PATH`: a checkpoints folder (its newest complete tag) or one tag folder; must exist."""
     if not resume:
         return None
     if resume == "auto":
         ckpt_dir = run_dir / "checkpoints"
-        tag = latest_tag(ckpt_dir) if ckpt_dir.is_dir() else None
+        tag = newest_complete(ckpt_dir)
         return (ckpt_dir, tag) if tag else None
     path = Path(resume)
-    if (path / LATEST).is_file():
-        tag = latest_tag(path)
-        if tag is None:
-            raise FileNotFoundError(f"--resume {resume}: `latest` names a checkpoint that does not exist")
-        return path, tag
-    if path.is_dir() and path.parent.is_dir() and path.name.startswith("step"):
+    if path.is_dir() and path.name.startswith("step"):  # one tag
+        why = damage(path)
+        if why is not None:
+            raise CheckpointError(f"--resume {resume}: {why}")
         return path.parent, path.name
+    if path.is_dir() and tags(path):  # a checkpoints folder: its newest complete tag (or an error)
+        return path, newest_complete(path)
     raise FileNotFoundError(
-        f"--resume {resume}: no checkpoint there (expected a checkpoints folder with `latest`)"
+        f"--resume {resume}: no checkpoint there (expected a checkpoints folder or a stepNNNNNN tag)"
     )
 
 

@@ -98,3 +98,15 @@ def test_a_dev_set_that_is_not_an_eval_set_is_named(tmp_path):
         env=cli_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode != 0 and "train.dev_set: 'nope' is not one of eval.sets" in proc.stderr
+
+
+def test_collapse_warning_is_relative_to_the_start(caplog):
+    from dist_optical.train import warn_if_collapsing
+
+    # e5 starts near 0.89: half the room to 1 is 0.945; MiniLM near 0.5: 0.75.
+    for baseline, quiet, loud in ((0.89, 0.93, 0.96), (0.5, 0.7, 0.8)):
+        caplog.clear()
+        warn_if_collapsing({"step": 1, "collapse/student_cos": quiet}, baseline, 0.5)
+        assert not caplog.records
+        warn_if_collapsing({"step": 2, "collapse/student_cos": loud}, baseline, 0.5)
+        assert "collapsing" in caplog.text and f"{baseline:.3f} at the start" in caplog.text
