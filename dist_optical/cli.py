@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from dist_optical.launch.submit import add_arguments as submit_arguments
 from dist_optical.launch.submit import add_job_arguments
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+NON_FINITE_EXIT_CODE = 3  # training stopped on a NaN/inf loss (75: stopped by a signal, resumable)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
+    except FloatingPointError as err:  # the loss went NaN/inf: a stop of its own, not a crash
+        print(f"dist-optical {args.command}: stopped: {err}; the last complete checkpoint is kept "
+              "(resume with --resume auto, e.g. with a lower train.lr)", file=sys.stderr)  # fmt: skip
+        sys.exit(NON_FINITE_EXIT_CODE)
     except (ConfigError, FileNotFoundError, ValueError, UserError) as err:
         sys.exit(f"dist-optical {args.command}: error: {err}")
 
@@ -149,6 +155,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from dist_optical.atomic import atomic_write
     from dist_optical.evaluate import Encoder, evaluate_parallel, format_table, read_lines
     from dist_optical.models.package import exported_meta
 
@@ -159,24 +166,39 @@ def _eval(args: argparse.Namespace) -> None:
         "pooling": meta.get("pooling", "mean"),
         "prefix": meta.get("prefix", "") if args.prefix is None else args.prefix,
     }
+    queries, targets = read_lines(args.queries, args.max_pairs), read_lines(args.targets, args.max_pairs)
+    for path, lines in ((args.queries, queries), (args.targets, targets)):
+        if not lines:
+            raise ValueError(f"{path}: is empty; expected one sentence a line")
+    if len(queries) != len(targets):
+        raise ValueError(f"{args.queries} has {len(queries)} lines but {args.targets} has {len(targets)}")
     model = Encoder.load(args.model, **settings)
     target_name = args.target_model or meta.get("teacher") or args.model
     target_model = model if target_name == args.model else Encoder.load(target_name, **settings)
-    queries, targets = read_lines(args.queries, args.max_pairs), read_lines(args.targets, args.max_pairs)
-    if len(queries) != len(targets):
-        raise ValueError(f"{args.queries} has {len(queries)} lines but {args.targets} has {len(targets)}")
+    widths = (model.model.config.hidden_size, target_model.model.config.hidden_size)
+    if widths[0] != widths[1]:
+        raise ValueError(
+            f"--model {args.model} embeds in {widths[0]} dimensions but the targets' model {target_name} in "
+            f"{widths[1]}: their embeddings cannot be compared (pass a --target-model of the same width)"
+        )
     results = evaluate_parallel(model.embed(queries), target_model.embed(targets))
     print(f"queries {args.queries.name} by {args.model}; targets {args.targets.name} by {target_name}")
     print(format_table({args.model: {args.queries.stem: results}}, "src->tgt"))
     print(format_table({args.model: {args.queries.stem: results}}, "tgt->src"))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        atomic_write(args.json, json.dumps(results, indent=2))
 
 
 def _export(args: argparse.Namespace) -> None:
+    from dist_optical import lock
     from dist_optical.export import export_checkpoint
 
-    print(export_checkpoint(args.checkpoint, args.out))
+    ckpt = args.checkpoint
+    run_dir = ckpt.parent if ckpt.name == "checkpoints" else ckpt.parent.parent
+    # Not while that run's main rank is training (or another export is writing).
+    locks = run_dir / "locks"
+    with lock.hold(locks / "rank0.lock", "export") if locks.is_dir() else contextlib.nullcontext():
+        print(export_checkpoint(ckpt, args.out))
 
 
 def _submit(args: argparse.Namespace) -> None:

@@ -16,11 +16,24 @@ from typing import Any
 
 import yaml
 
+from dist_optical.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override that does not fit the schema."""
+
+
+# The enumerated choices, in one place: the consumers (losses, evalsets, the stream) import them.
+LOSS_TERMS = ("ot", "ot_nce", "contrastive", "mse", "english")
+OT_COSTS = ("cosine", "sqeuclidean")
+OT_MARGINALS = ("uniform", "idf")
+OT_GRADS = ("envelope", "unrolled")  # = ot.sinkhorn.GRAD_MODES (tested): ot/ stays free of config
+POOLINGS = ("mean", "cls")
+PRECISIONS = ("fp32", "bf16")
+ON_ERROR = ("raise", "skip")
+EVAL_KINDS = ("parallel", "bible", "clir")
 
 
 @dataclass
@@ -59,7 +72,9 @@ class DataConfig:
     max_pairs: int = 0
     num_workers: int = 1
     shuffle_buffer: int = 1000
-    on_error: str = "raise"
+    on_error: str = "raise"  # raise | skip (bad samples dropped and counted)
+    # With on_error=skip: a run that skipped more than this fraction of the pairs it drew fails at the end.
+    max_skip_fraction: float = 0.01
 
 
 @dataclass
@@ -175,6 +190,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {path}: is a folder; expected a YAML file (configs/default.yaml)")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
@@ -184,12 +201,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         raw = loaded or {}
+    overridden: dict[str, str] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.sub=value")
-        _set_path(raw, key.strip().split("."), yaml.safe_load(text) if text.strip() else "")
-    return _build(Config, raw, str(path) if path is not None else "overrides")
+            raise ConfigError(f"command line: override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"command line: override {item!r}: not valid YAML ({err})") from err
+        _set_path(raw, key.strip().split("."), value)
+        overridden[key.strip()] = item
+    source = Source(str(path) if path is not None else "defaults", overridden)
+    cfg = _build(Config, raw, source)
+    validate(cfg, source)
+    return cfg
+
+
+@dataclass
+class Source:
+    """Where a config value came from: the YAML file, or a command-line override (named in errors)."""
+
+    file: str
+    overridden: dict[str, str] = field(default_factory=dict)
+
+    def of(self, key: str) -> str:
+        for dotted, item in self.overridden.items():
+            if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
+                return f"command line ({item})"
+        return self.file
+
+    def __str__(self) -> str:
+        return self.file
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -201,9 +244,9 @@ def config_hash(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    from dist_optical.atomic import atomic_write
+
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -216,32 +259,39 @@ def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _build(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+def _where(source: str | Source, key: str) -> str:
+    return source.of(key) if isinstance(source, Source) else str(source)
+
+
+def _build(cls: type, raw: Any, source: str | Source, prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from a mapping; ``prefix`` is the dotted key path so far."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: config key {prefix or '<top>'!r}: expected a mapping, got {raw!r}")
+        where = _where(source, prefix.rstrip("."))
+        raise ConfigError(f"{where}: config key {prefix or '<top>'!r}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown config key {prefix + unknown[0]!r} (known here: {', '.join(sorted(names))})"
+            f"{_where(source, prefix + unknown[0])}: unknown config key {prefix + unknown[0]!r} "
+            f"(known here: {', '.join(sorted(names))})"
         )
     return cls(**{name: _coerce(hints[name], value, source, prefix + name) for name, value in raw.items()})
 
 
-def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+def _coerce(hint: Any, value: Any, source: str | Source, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, source, key + ".")
+    where = _where(source, key)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: config key {key!r}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: config key {key!r}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint)
         return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: config key {key!r}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: config key {key!r}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(hint)
         return {
             _coerce(key_type, k, source, key): _coerce(value_type, v, source, f"{key}.{k}")
@@ -256,9 +306,90 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(
-            f"{source}: config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+            f"{where}: config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+# Ranges and choices, checked at load time so that train, run, submit (before queueing) and compare
+# all refuse a bad value up front: dotted key -> (test, what is expected).
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NONNEG = (lambda v: v >= 0, ">= 0")
+_ATLEAST1 = (lambda v: v >= 1, ">= 1")
+RULES: dict[str, tuple[Any, str]] = {
+    "data.pairs_per_shard": _NONNEG,
+    "data.max_chars": _NONNEG,
+    "data.max_pairs": _NONNEG,
+    "data.num_workers": _NONNEG,
+    "data.shuffle_buffer": _ATLEAST1,
+    "data.temperature": _POSITIVE,
+    "data.on_error": (lambda v: v in ON_ERROR, f"one of {', '.join(ON_ERROR)}"),
+    "data.max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "model.pooling": (lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}"),
+    "model.max_length": (lambda v: v >= 2, ">= 2 (room for the special tokens)"),
+    "ot.eps": _POSITIVE,
+    "ot.max_iters": _ATLEAST1,
+    "ot.tol": _NONNEG,
+    "ot.cost": (lambda v: v in OT_COSTS, f"one of {', '.join(OT_COSTS)}"),
+    "ot.marginals": (lambda v: v in OT_MARGINALS, f"one of {', '.join(OT_MARGINALS)}"),
+    "ot.grad": (lambda v: v in OT_GRADS, f"one of {', '.join(OT_GRADS)}"),
+    "ot.eps_scaling": (lambda v: 0 <= v < 1, "in (0, 1), or 0 for no schedule"),
+    "ot.rho": _NONNEG,
+    "ot.nce_temperature": _POSITIVE,
+    "contrastive.temperature": _POSITIVE,
+    "train.max_steps": _POSITIVE,
+    "train.micro_batch_size": _ATLEAST1,
+    "train.grad_accum": _ATLEAST1,
+    "train.lr": _POSITIVE,
+    "train.weight_decay": _NONNEG,
+    "train.warmup_steps": _NONNEG,
+    "train.grad_clip": _NONNEG,
+    "train.log_every": _ATLEAST1,
+    "train.save_every": _NONNEG,
+    "train.keep_last": _NONNEG,
+    "train.precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "train.collapse_margin": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train.eval_every": _NONNEG,
+    "eval.batch_size": _ATLEAST1,
+}
+
+
+def validate(cfg: Config, source: str | Source = "config") -> None:
+    """Every range and choice of ``cfg`` (RULES, loss weights, bitexts, eval sets); a ConfigError names
+    the key, where it came from, the value and what was expected."""
+
+    def fail(key: str, value: Any, expected: str) -> None:
+        raise ConfigError(f"{_where(source, key)}: config key {key!r}: expected {expected}, got {value!r}")
+
+    for key, (test, expected) in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not test(value):
+            fail(key, value, expected)
+    for name, weight in cfg.loss.items():
+        if name not in LOSS_TERMS:
+            fail(f"loss.{name}", weight, f"a loss term ({', '.join(LOSS_TERMS)})")
+        if not weight >= 0:
+            fail(f"loss.{name}", weight, ">= 0")
+    if not any(weight > 0 for weight in cfg.loss.values()):
+        fail("loss", cfg.loss, "at least one term with a weight > 0")
+    if not cfg.data.bitexts:
+        fail("data.bitexts", cfg.data.bitexts, "at least one bitext")
+    for i, bitext in enumerate(cfg.data.bitexts):
+        if not bitext.lang:
+            fail(f"data.bitexts[{i}].lang", bitext.lang, "a language code (it names the shard folder)")
+        if len(bitext.files) not in (1, 2):
+            fail(f"data.bitexts[{i}].files", bitext.files, "FOREIGN ENGLISH files, or one TSV")
+        if not bitext.weight >= 0:
+            fail(f"data.bitexts[{i}].weight", bitext.weight, ">= 0")
+    weights = [b.weight for b in cfg.data.bitexts]
+    if any(weights) and not all(weights):
+        fail("data.bitexts[].weight", weights, "a weight on every bitext, or on none (temperature)")
+    for i, eval_set in enumerate(cfg.eval.sets):
+        if eval_set.kind not in EVAL_KINDS:
+            fail(f"eval.sets[{i}].kind", eval_set.kind, f"one of {', '.join(EVAL_KINDS)}")
+        if not eval_set.max_pairs >= 0:
+            fail(f"eval.sets[{i}].max_pairs", eval_set.max_pairs, ">= 0")
 
 
 def repo_path(path: str | Path) -> Path:

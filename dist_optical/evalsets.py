@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dist_optical.config import Config, EvalSet, data_path
+from dist_optical.config import EVAL_KINDS, Config, EvalSet, data_path
 from dist_optical.data.bitext import read_bible_verses, verse_book
 from dist_optical.evaluate import read_lines
 
 log = logging.getLogger("dist_optical.evalsets")
 
-KINDS = ("parallel", "bible", "clir")
+KINDS = EVAL_KINDS
 
 
 @dataclass

@@ -18,7 +18,14 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import ModelConfig
-from dist_optical.models import encode, load_encoder, load_tokenizer, special_ids, tokenize
+from dist_optical.models import (
+    check_tokenizer_fits,
+    encode,
+    load_encoder,
+    load_tokenizer,
+    special_ids,
+    tokenize,
+)
 
 METRICS = ("acc@1", "mrr@10", "recall@10", "ndcg@10")
 
@@ -73,6 +80,8 @@ def retrieval_metrics(ranks: Tensor, k: int = 10) -> dict[str, float]:
 
 def read_lines(path: Path, limit: int = 0) -> list[str]:
     """One sentence per line, UTF-8; a clear error names the file and line that is not."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: is a folder; expected a text file with one sentence a line")
     lines = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -108,6 +117,7 @@ class Encoder:
         """``tiny`` rebuilds the seeded random tiny BERT of a test config (the same one training used)."""
         tokenizer = load_tokenizer(name_or_path)
         model = load_encoder(name_or_path, tiny, vocab_size=len(tokenizer)).eval()
+        check_tokenizer_fits(tokenizer, model, f"model {name_or_path!r}")
         return cls(name_or_path, model, tokenizer, max_length, pooling, prefix)
 
     @classmethod

@@ -44,9 +44,9 @@ def export_checkpoint(checkpoint: Path, out: Path, steps: int | None = None) -> 
     """checkpoint: RUN/checkpoints (its `latest`) or RUN/checkpoints/stepNNNNNN.
 
     RUN/config.yaml (written by every run) says how to rebuild the student."""
-    found = resolve_resume(str(checkpoint), checkpoint)
+    found = resolve_resume(str(checkpoint), checkpoint, what="export")
     if found is None:
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint")
+        raise FileNotFoundError(f"export {checkpoint}: no checkpoint there")
     ckpt_dir, tag = found
     run_dir = ckpt_dir.parent
     config_file = run_dir / "config.yaml"

@@ -17,16 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dist_optical.config import ContrastiveConfig, OTConfig
+from dist_optical.config import LOSS_TERMS, OT_COSTS, OT_MARGINALS, ContrastiveConfig, OTConfig
 from dist_optical.ot import marginal_error, plan_entropy, sinkhorn
 from dist_optical.ot.sinkhorn import GRAD_MODES
 
 if TYPE_CHECKING:  # models imports transformers (seconds); the losses only need the type
     from dist_optical.models import Encoded
 
-COSTS = ("cosine", "sqeuclidean")
-MARGINALS = ("uniform", "idf")
-TERMS = ("ot", "ot_nce", "contrastive", "mse", "english")
+COSTS, MARGINALS, TERMS = OT_COSTS, OT_MARGINALS, LOSS_TERMS
 
 Gather = Callable[[Tensor], Tensor]
 

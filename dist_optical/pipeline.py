@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dist_optical.atomic import atomic_write
 from dist_optical.config import Config
+from dist_optical.errors import UserError
 from dist_optical.evalsets import EvalData, load_eval_set
 from dist_optical.evaluate import Encoder, evaluate_parallel, evaluate_qrels, format_table, gold_ranks
 from dist_optical.models.package import exported_meta, write_card
@@ -68,7 +70,21 @@ class Evaluator:
 
 
 def run_pipeline(cfg: Config, out: Path, resume: str = "") -> dict[str, Results]:
+    """The main job in run folder ``out``, held locked for its whole length (train locks its own)."""
+    from dist_optical import lock
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
+    with lock.hold(out / "locks" / "run.lock", "run"):
+        return _run_pipeline(cfg, out, resume)
+
+
+def _run_pipeline(cfg: Config, out: Path, resume: str) -> dict[str, Results]:
+    from dist_optical.engine.checkpoint import refuse_fresh_start
     from dist_optical.train import train
+
+    if not resume:
+        refuse_fresh_start(out)  # before the zero-shot evaluation, not minutes later
 
     if not cfg.eval.sets:
         raise ValueError("eval.sets is empty: the main job needs at least one evaluation set")
@@ -86,9 +102,7 @@ def run_pipeline(cfg: Config, out: Path, resume: str = "") -> dict[str, Results]
     rows["trained student alone"] = evaluator(student, target_model=student)
 
     report = {"run_dir": str(out), "steps": summary["steps"], "results": rows}
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out / "eval.json")
+    atomic_write(out / "eval.json", json.dumps(report, indent=2))
     model_dir = Path(summary["model"])
     write_card(model_dir, exported_meta(model_dir), rows)
     languages = "/".join(b.lang for b in cfg.data.bitexts)

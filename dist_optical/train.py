@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, memory_footprint, partition_teacher, wrap_student
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
+from dist_optical.errors import UserError
 from dist_optical.evaluate import Encoder
 from dist_optical.export import export_checkpoint, run_kept_ids
 from dist_optical.losses import Objective, idf_table
@@ -110,7 +112,7 @@ def train(cfg: Config, out: Path, resume: str = "") -> dict[str, Any]:
     """Train into the run folder ``out``, which this process (each rank) holds locked throughout."""
     env = dist.setup()
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
+        raise UserError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
     out.mkdir(parents=True, exist_ok=True)
     with lock.hold(out / "locks" / f"rank{env.rank}.lock", f"train rank {env.rank}"):
         return _train(cfg, out, resume, env)
@@ -236,7 +238,9 @@ def _train(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> dict[str, 
             for name, value in {"loss": loss.item(), **stats, **shares}.items():  # .item(): a host sync
                 totals[name] = totals.get(name, 0.0) + value / cfg.train.grad_accum
 
-        metrics = dist.mean_across_ranks({**totals, **memory_footprint(engine)})
+        skipped = sum(loader.error_counts().values())  # cumulative, this rank (data.on_error=skip)
+        metrics = dist.mean_across_ranks({**totals, **memory_footprint(engine), "data/skipped": skipped})
+        metrics["data/skipped"] = round(metrics["data/skipped"] * env.world_size)  # the sum over ranks
         metrics.update(
             step=step + 1,
             lr=scheduler.get_last_lr()[0] if scheduler is not None else cfg.train.lr,
@@ -247,15 +251,16 @@ def _train(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> dict[str, 
             engine.eval()
             metrics.update(dev(student_encoder))
             engine.train()
-        if collapse_baseline is None:  # the student at step 1 is (nearly) the zero-shot model
-            collapse_baseline = metrics["collapse/student_cos"]
+        if collapse_baseline is None and math.isfinite(metrics["collapse/student_cos"]):
+            collapse_baseline = metrics["collapse/student_cos"]  # the student at step 1: zero-shot
         logger.log(metrics)
         if env.is_main:
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", cos=f"{metrics['collapse/student_cos']:.2f}")
-            if (step + 1) % cfg.train.log_every == 0:
+            if (step + 1) % cfg.train.log_every == 0 and collapse_baseline is not None:
                 warn_if_collapsing(metrics, collapse_baseline, cfg.train.collapse_margin)
         if stop.agreed():
             save(step + 1)
+            stop.restore()
             logger.close()
             log.warning(
                 "checkpointed at step %d after a stop signal; exiting %d", step + 1, PREEMPTED_EXIT_CODE
@@ -264,11 +269,14 @@ def _train(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> dict[str, 
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
             save(step + 1)
 
+    stop.restore()
     final_step = max(cfg.train.max_steps, start_step)
     if start_step >= cfg.train.max_steps:  # resumed after it had finished: keep the intact tag as it is
         saved = ckpt_dir / checkpoint.tag_for(start_step)
     else:
         saved = save(final_step)
+        drawn = final_step * samples_per_step
+        check_skipped(metrics["data/skipped"], drawn, cfg.data.max_skip_fraction, saved)
     if env.is_main:  # one export path for every ZeRO stage: consolidate from the checkpoint just written
         export_checkpoint(saved, out / "model", final_step)
     dist.barrier()
@@ -293,9 +301,22 @@ def language_shares(langs: list[str], languages: list[str]) -> dict[str, float]:
     return {f"lang/{lang}": langs.count(lang) / max(1, len(langs)) for lang in languages}
 
 
+class TooManySkipped(UserError):
+    """data.on_error=skip dropped more of the run's pairs than data.max_skip_fraction allows."""
+
+
+def check_skipped(skipped: int, drawn: int, max_fraction: float, saved: Path) -> None:
+    if skipped > max_fraction * drawn:
+        raise TooManySkipped(
+            f"skipped {skipped} of the {drawn} pairs drawn as unreadable ({100 * skipped / drawn:.1f}% > "
+            f"data.max_skip_fraction {100 * max_fraction:g}%): the shards are damaged, rebuild them with "
+            f"`dist-optical shard`; no model was exported (the checkpoint {saved} is kept)"
+        )
+
+
 def check_not_empty(batch: dict[str, Any], step: int, loader: ShardLoader) -> None:
     if not batch["key"]:
-        raise RuntimeError(
+        raise TooManySkipped(
             f"step {step + 1}: every sample of this rank's micro-batch was skipped as unreadable "
             f"(data.on_error=skip; counts so far: {loader.error_counts()}); the shards are too "
             "damaged to train on: rebuild them with `dist-optical shard`"
@@ -333,12 +354,17 @@ class MetricsLogger:
         self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, metrics: dict[str, float]) -> None:
+        """A value that cannot be computed (a diagnostic over < 2 sentences) is named, never NaN."""
         if not self.enabled:
             return
-        self.file.write(json.dumps(metrics) + "\n")
+        unscored = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        metrics = {k: v for k, v in metrics.items() if k not in unscored}
+        if unscored:
+            metrics["unscored"] = unscored
+        self.file.write(json.dumps(metrics, allow_nan=False) + "\n")
         self.file.flush()
         for name, value in metrics.items():
-            if name != "step":
+            if name not in ("step", "unscored"):
                 self.tb.add_scalar(name, value, metrics["step"])
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from dist_optical.atomic import atomic_write
 from dist_optical.compare.spec import Spec
 from dist_optical.compare.stats import RESAMPLES
 
@@ -105,9 +106,7 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
         lines += [f"![{name}]({plot.name})", ""]
     lines += _reading(summary, spec, kinds)
     report = out / "report.md"
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(report)
+    atomic_write(report, "\n".join(lines))
     return [report, *plots, *extra]
 
 

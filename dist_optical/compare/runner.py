@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dist_optical.atomic import atomic_write
 from dist_optical.compare.report import significance, summarise, write_report
 from dist_optical.compare.spec import RunKey, Spec, load_spec, plan
 from dist_optical.config import Config, config_hash, config_to_dict
@@ -296,6 +297,4 @@ def run_settings(cfg: Config | None) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")

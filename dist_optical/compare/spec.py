@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from dist_optical.config import Config, ConfigError, _build, repo_path
+from dist_optical.config import Config, ConfigError, _build, repo_path, validate
 
 # The objective that trains nothing: the teacher itself encodes the foreign queries.
 ZERO_SHOT = None
@@ -79,7 +79,9 @@ class Spec:
         raw = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
         for layer in layers:
             raw = merge(raw, layer)
-        return _build(Config, raw, f"{self.path} ({where})")
+        cfg = _build(Config, raw, f"{self.path} ({where})")
+        validate(cfg, f"{self.path} ({where})")
+        return cfg
 
 
 def merge(raw: dict[str, Any], override: dict[str, Any], cls: type = Config) -> dict[str, Any]:

@@ -43,6 +43,11 @@ def read_bitext(
     ``excluded``) once the iterator is exhausted.
     """
     paths = [Path(p) for p in paths]
+    for path in paths:  # before any reading: a folder or a typo should not surface mid-build
+        if path.is_dir():
+            raise BitextError(f"{path}: is a folder; expected a bitext file (text, .tsv or Bible .xml)")
+        if not path.is_file():
+            raise BitextError(f"{path}: no such file")
     exclude_books = list(exclude_books)
     counts = Counter() if counts is None else counts
     suffixes = [p.suffix.lower() for p in paths]
@@ -75,6 +80,8 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from err
             if lineno == 1:
                 text = text.removeprefix("\ufeff")
+            if "\x00" in text:  # a binary file, or a broken export: never stored silently
+                raise BitextError(f"{path}:{lineno}: contains a NUL byte (column {text.index(chr(0)) + 1})")
             yield lineno, text.rstrip("\r\n")
 
 

@@ -3,9 +3,12 @@
 Shard format: ``{prefix}-{000000}.tar``; one sample per pair with ``__key__`` (the pair key made
 webdataset-safe), ``id.txt`` (the original key), ``src.txt`` and ``tgt.txt`` (UTF-8).
 
-Crash safety: the old manifest is removed first, each shard is written to ``NAME.tmp`` and renamed
-when complete, and the manifest is written last (temp + rename). A folder is therefore only "built"
-when its manifest exists, and then every shard it lists is complete.
+Crash safety: a build writes into a fresh temporary folder beside ``out_dir`` (each shard fsynced,
+the manifest last) and swaps it in only when complete: a crash at any point leaves the previous
+build intact. A folder is "built" when its manifest exists, and then every shard it lists is
+complete. The build holds a lock beside the folder (a second build fails at once), refuses a folder
+holding files no build wrote, and deletes nothing but its own temp folder and the files the previous
+build's manifest lists.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +33,10 @@ from tqdm import tqdm
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
+
+from dist_optical import lock
+from dist_optical.atomic import atomic_write
+from dist_optical.errors import UserError
 
 from .bitext import Pair, read_bitext
 
@@ -115,12 +124,7 @@ def write_shard(path: Path, pairs: Sequence[Pair]) -> dict[str, Any]:
                 {"__key__": safe_key(pair.key), "id.txt": pair.key, "src.txt": pair.src, "tgt.txt": pair.tgt}
             )
     data = buffer.getvalue()
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return {
         "name": path.name,
         "pairs": len(pairs),
@@ -177,54 +181,89 @@ def build_shards(
     _check_unique_keys(pairs, inputs)
     chunks = plan_shards(pairs, pairs_per_shard, max_shard_bytes)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST
-    old_names = _listed_shards(manifest_path)
-    manifest_path.unlink(missing_ok=True)  # from here until the end the folder does not look built
-    tasks = [(out_dir / f"{prefix}-{i:06d}.tar", chunk) for i, chunk in enumerate(chunks)]
-    progress = tqdm(total=len(tasks), unit="shard", desc=f"shards {prefix}", disable=None)
-    if workers > 1:
-        # The platform default (fork on Linux): spawn would re-import torch in every worker (seconds).
-        with multiprocessing.get_context().Pool(workers) as pool:
-            entries = []
-            for entry in pool.imap(_write_task, tasks):
-                entries.append(entry)
-                progress.update()
-    else:
-        entries = []
-        for task in tasks:
-            entries.append(_write_task(task))
-            progress.update()
-    progress.close()
-    names = {e["name"] for e in entries}
-    stale = (
-        old_names
-        | {p.name for p in out_dir.glob(f"{prefix}-*.tar")}
-        | {p.name for p in out_dir.glob("*.tmp")}
-    )
-    for name in stale - names:
-        (out_dir / name).unlink(missing_ok=True)
-
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "src_lang": src_lang,
-        "tgt_lang": tgt_lang,
-        "total_pairs": len(pairs),
-        "shards": entries,
-        "sources": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in inputs],
-        "dropped": dropped,
-        "skipped": dict(sorted(skipped.items())),
-        "args": args,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    _write_json_atomic(manifest_path, manifest)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with lock.hold(out_dir.parent / f".{out_dir.name}.lock", f"shard {out_dir}"):
+        foreign = _foreign_files(out_dir)
+        if foreign:
+            raise ShardFolderError(
+                f"{out_dir} holds files no shard build wrote ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}): shard into a new folder, or one only "
+                "`dist-optical shard` wrote"
+            )
+        build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+        build.chmod(0o755)  # mkdtemp's 0700 would hide the shards from other readers
+        try:
+            tasks = [(build / f"{prefix}-{i:06d}.tar", chunk) for i, chunk in enumerate(chunks)]
+            entries = _write_all(tasks, workers, prefix)
+            manifest = {
+                "format": FORMAT,
+                "version": VERSION,
+                "src_lang": src_lang,
+                "tgt_lang": tgt_lang,
+                "total_pairs": len(pairs),
+                "shards": entries,
+                "sources": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in inputs],
+                "dropped": dropped,
+                "skipped": dict(sorted(skipped.items())),
+                "args": args,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            _write_json_atomic(build / MANIFEST, manifest)
+            _swap_in(build, out_dir)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)  # only this build's own temp folder
+            raise
     seconds = time.perf_counter() - start
     print(
         f"wrote {len(pairs)} pairs in {len(entries)} shards to {out_dir} ({seconds:.1f} s); "
         f"dropped empty={dropped['empty']} too_long={dropped['too_long']}; skipped {dict(skipped) or 'none'}"
     )
     return manifest
+
+
+class ShardFolderError(UserError):
+    """A shard output folder that a build may not write into."""
+
+
+def _write_all(tasks: list[tuple[Path, list[Pair]]], workers: int, prefix: str) -> list[dict[str, Any]]:
+    progress = tqdm(total=len(tasks), unit="shard", desc=f"shards {prefix}", disable=None)
+    entries = []
+    if workers > 1:
+        # The platform default (fork on Linux): spawn would re-import torch in every worker (seconds).
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for entry in pool.imap(_write_task, tasks):
+                entries.append(entry)
+                progress.update()
+    else:
+        for task in tasks:
+            entries.append(_write_task(task))
+            progress.update()
+    progress.close()
+    return entries
+
+
+def _foreign_files(out_dir: Path) -> list[str]:
+    """Files in ``out_dir`` that its manifest does not list (all of them, without a manifest)."""
+    if not out_dir.exists():
+        return []
+    if not out_dir.is_dir():
+        return [f"{out_dir.name} (a file, not a folder)"]
+    ours = {MANIFEST} | _listed_shards(out_dir / MANIFEST)
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
+
+
+def _swap_in(build: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the complete ``build`` (two renames), then delete what the previous
+    build's manifest listed; a crash between the renames leaves the old build whole beside it."""
+    if not out_dir.exists():
+        build.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(old)
+    build.rename(out_dir)
+    for name in _listed_shards(old / MANIFEST) | {MANIFEST}:
+        (old / name).unlink(missing_ok=True)
+    old.rmdir()
 
 
 def _check_unique_keys(pairs: Sequence[Pair], inputs: Sequence[Path]) -> None:
@@ -247,9 +286,7 @@ def _listed_shards(manifest_path: Path) -> set[str]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def load_manifest(path: Path | str) -> dict[str, Any]:
@@ -286,14 +323,15 @@ def shards_ready(out_dir: Path | str, inputs: Sequence[Path | str], **build_args
     )
 
 
-def read_shard(url: str) -> Iterator[dict[str, Any]]:
+def read_shard(url: str, data: bytes | None = None) -> Iterator[dict[str, Any]]:
     """Raw samples (``__key__`` plus field bytes) of one shard in tar order, via webdataset's tar
-    iterator, so local paths, ``file:`` and ``pipe:`` URLs all work. A tar that breaks mid-way raises
-    ShardReadError naming the shard and the last complete key. Note that Python's streaming tar reader
-    stops silently at a corrupt header, so callers must also compare the count with the manifest."""
+    iterator, so local paths, ``file:`` and ``pipe:`` URLs all work (``data``: the shard's bytes,
+    already read). A tar that breaks mid-way raises ShardReadError naming the shard and the last
+    complete key. Note that Python's streaming tar reader stops silently at a corrupt header, so
+    callers must also compare the count with the manifest."""
     last = None
     try:
-        with contextlib.closing(gopen(url, "rb")) as stream:
+        with contextlib.closing(io.BytesIO(data) if data is not None else gopen(url, "rb")) as stream:
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
             for sample in group_by_keys(files):
                 last = sample["__key__"]

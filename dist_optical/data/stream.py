@@ -24,6 +24,7 @@ that others never reach). The order is reshuffled each epoch, so a different tai
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -34,12 +35,13 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 
+from dist_optical.config import ON_ERROR
+
 from .shards import MANIFEST, ShardReadError, load_manifest, read_shard
 
 logger = logging.getLogger(__name__)
 
 Sample = dict[str, str]
-ON_ERROR = ("raise", "skip")
 
 
 class ShardError(ValueError):
@@ -129,16 +131,18 @@ class ShardStream(IterableDataset):
         if not sources:
             raise ValueError("ShardStream: no source given")
         self.urls: list[str] = []
+        self.sha256s: list[str | None] = []  # from the manifest (None for URL patterns): checked on read
         self.languages: list[str] = []
         full_counts: list[int] = []
         counts: list[int] = []
         source_of_shard: list[int] = []
         for index, source in enumerate(sources):
-            urls, source_counts, lang = self._resolve(source)
+            urls, source_counts, lang, sha256s = self._resolve(source)
             # max_pairs keeps the first N pairs of each source's manifest order: cut its shard counts.
             before = np.concatenate([[0], np.cumsum(source_counts)[:-1]]).astype(np.int64)
             kept = np.clip(max_pairs - before, 0, source_counts) if max_pairs > 0 else source_counts
             self.urls += urls
+            self.sha256s += sha256s
             self.languages.append(lang)
             full_counts += list(source_counts)
             counts += [int(c) for c in kept]
@@ -157,8 +161,9 @@ class ShardStream(IterableDataset):
             )
         self.weights = [float(w) / float(sum(weights)) for w in weights]
 
-    def _resolve(self, source: str | Path) -> tuple[list[str], list[int], str]:
-        """One source -> its shard URLs, their pair counts and its language (manifest ``src_lang``)."""
+    def _resolve(self, source: str | Path) -> tuple[list[str], list[int], str, list[str | None]]:
+        """One source -> its shard URLs, their pair counts, its language (manifest ``src_lang``) and
+        the shards' sha256 (None where there is no manifest)."""
         source = str(source)
         path = Path(source)
         if path.is_dir() or source.endswith(".json"):
@@ -168,10 +173,16 @@ class ShardStream(IterableDataset):
             manifest = load_manifest(manifest_path)
             urls = [str(manifest_path.parent / s["name"]) for s in manifest["shards"]]
             self._check_files(urls, [s["bytes"] for s in manifest["shards"]])
-            return urls, [s["pairs"] for s in manifest["shards"]], manifest.get("src_lang", "")
+            shards = manifest["shards"]
+            return (
+                urls,
+                [s["pairs"] for s in shards],
+                manifest.get("src_lang", ""),
+                [s["sha256"] for s in shards],
+            )
         urls = expand_urls(source)
         self._check_files(urls, [None] * len(urls))
-        return urls, [sum(1 for _ in read_shard(url)) for url in urls], ""
+        return urls, [sum(1 for _ in read_shard(url)) for url in urls], "", [None] * len(urls)
 
     def _check_files(self, urls: list[str], sizes: list[int | None]) -> None:
         """Fail before training starts: a missing shard would otherwise surface hours in."""
@@ -297,8 +308,15 @@ class _ShardCache:
         url, expected = self.stream.urls[shard], int(self.stream.full_counts[shard])
         samples: list[dict[str, Any]] = []
         failure = None
+        data = None
+        sha256 = self.stream.sha256s[shard]
+        if sha256 is not None:  # a manifest shard: whole-file bytes, checked before any sample is used
+            data = Path(url).read_bytes()
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != sha256:
+                return [], f"sha256 {actual[:12]}... differs from the manifest's {sha256[:12]}... (altered?)"
         try:
-            for sample in read_shard(url):
+            for sample in read_shard(url, data):
                 samples.append(sample)
         except ShardReadError as err:
             failure = err.detail

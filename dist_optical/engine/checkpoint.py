@@ -13,16 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dist_optical.atomic import atomic_write
 from dist_optical.engine.dist import barrier
 from dist_optical.errors import UserError
 
@@ -58,6 +60,11 @@ def save(
     """Save on every rank (ZeRO shards are per rank); then, on the main rank, the tag's marker
     (which makes it complete), `latest`, and pruning; a failed save leaves no half tag behind."""
     tag = tag_for(step)
+    if is_main and (ckpt_dir / tag).exists():  # a damaged tag of that step (resume skipped it): keep it aside
+        aside = ckpt_dir / f"{tag}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        (ckpt_dir / tag).rename(aside)
+        log.warning("moved the damaged %s aside to %s before saving that step again", ckpt_dir / tag, aside)
+    barrier()
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
         barrier()
@@ -68,8 +75,8 @@ def save(
                 "zero_stage": engine.zero_optimization_stage(),
                 "files": {name: _fingerprint(ckpt_dir / tag / name) for name in _tag_files(ckpt_dir / tag)},
             }
-            _write_atomic(ckpt_dir / tag / META, json.dumps(meta, indent=1))
-            _write_atomic(ckpt_dir / LATEST, tag)
+            atomic_write(ckpt_dir / tag / META, json.dumps(meta, indent=1))
+            atomic_write(ckpt_dir / LATEST, tag)
     except OSError as err:
         if is_main:
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # only the tag this save was writing
@@ -93,19 +100,6 @@ def _why(err: OSError) -> str:
     return f"{err.strerror or err} ({err.filename})" if err.filename else str(err)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a 0-byte temp file behind
-        raise
-
-
 def _tag_files(tag_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file() and p.name != META)
 
@@ -122,7 +116,7 @@ def tags(ckpt_dir: Path) -> list[str]:
     """Tag folders, oldest first (by step)."""
     if not ckpt_dir.is_dir():
         return []
-    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
+    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"step\d+", p.name))
 
 
 def damage(tag_dir: Path, checksums: bool = True) -> str | None:
@@ -180,9 +174,10 @@ def refuse_fresh_start(run_dir: Path) -> None:
         )
 
 
-def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, str] | None:
+def resolve_resume(resume: str, run_dir: Path, what: str = "--resume") -> tuple[Path, str] | None:
     """`--resume auto`: newest complete checkpoint of this run, or None for a fresh start.
-    `--resume PATH`: a checkpoints folder (its newest complete tag) or one tag folder; must exist."""
+    `--resume PATH`: a checkpoints folder (its newest complete tag) or one tag folder; must exist.
+    ``what`` names the argument in errors (``export`` takes a PATH too)."""
     if not resume:
         return None
     if resume == "auto":
@@ -193,12 +188,12 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path, str] | None:
     if path.is_dir() and path.name.startswith("step"):  # one tag
         why = damage(path)
         if why is not None:
-            raise CheckpointError(f"--resume {resume}: {why}")
+            raise CheckpointError(f"{what} {resume}: {why}")
         return path.parent, path.name
     if path.is_dir() and tags(path):  # a checkpoints folder: its newest complete tag (or an error)
         return path, newest_complete(path)
     raise FileNotFoundError(
-        f"--resume {resume}: no checkpoint there (expected a checkpoints folder or a stepNNNNNN tag)"
+        f"{what} {resume}: no checkpoint there (expected RUN/checkpoints or RUN/checkpoints/stepNNNNNN)"
     )
 
 

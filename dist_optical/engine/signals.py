@@ -17,19 +17,29 @@ log = logging.getLogger("dist_optical.signals")
 
 # Exit status after a signal-triggered checkpoint: EX_TEMPFAIL, "try again" (resume with --resume auto).
 PREEMPTED_EXIT_CODE = 75
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGINT (Ctrl-C) too: the first one checkpoints at the step boundary like SIGTERM, a second aborts.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, object] = {}
 
     def install(self) -> StopRequest:
         for signum in STOP_SIGNALS:
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def restore(self) -> None:
+        """Put the handlers back (after training: Ctrl-C during evaluation interrupts at once again)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
     def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt("second interrupt: aborting without waiting for the checkpoint")
         self.signum = signum
         log.warning(
             "received %s: will checkpoint and exit at the next step boundary", signal.Signals(signum).name

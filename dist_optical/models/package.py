@@ -16,6 +16,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dist_optical.atomic import atomic_write
+
 EXPORT_META = "dist_optical.json"
 PROMPT_NAME = "default"
 
@@ -115,6 +117,4 @@ def _results_table(results: dict[str, Any]) -> str:
 
 def write_card(model_dir: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
     """Rewrite the card with the measured table once the run has evaluated the student."""
-    tmp = model_dir / "README.md.tmp"
-    tmp.write_text(model_card(meta, results), encoding="utf-8")
-    tmp.replace(model_dir / "README.md")
+    atomic_write(model_dir / "README.md", model_card(meta, results))

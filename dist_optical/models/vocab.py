@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from dist_optical.atomic import atomic_write
+
 VOCAB_FILE = "vocab.json"  # in the run folder: the kept rows, so resume and export rebuild the same model
 
 
@@ -86,9 +88,7 @@ def save_kept_ids(path: Path, kept_ids: Tensor, tokenizer_name: str) -> None:
     """Temp name, then rename: a half-written vocabulary is never read."""
     ids = [int(i) for i in kept_ids]
     record = {"tokenizer": tokenizer_name, "rows": len(ids), "sha256": ids_digest(ids), "kept_ids": ids}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(record) + "\n")
 
 
 def load_kept_ids(path: Path) -> Tensor:

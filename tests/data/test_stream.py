@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from dist_optical.config import REPO_ROOT
 from dist_optical.data import ShardLoader, ShardStream, build_shards
-from dist_optical.data.shards import read_shard
+from dist_optical.data.shards import read_shard, sha256_file
 from dist_optical.data.stream import ShardError, partition
 
 N_PAIRS = 203  # prime: never a multiple of world_size x batch_size
@@ -260,6 +260,7 @@ def _copy_with_bad_shard(shard_dir: Path, tmp_path: Path, index: int, samples: l
         for sample in samples:
             writer.write(sample)
     entry["bytes"] = (copy / entry["name"]).stat().st_size
+    entry["sha256"] = sha256_file(copy / entry["name"])  # consistent: the samples themselves are bad
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 
@@ -312,8 +313,8 @@ def test_truncated_and_corrupt_tar(shard_dir, tmp_path, caplog):
         keys = [k for b in islice(batches, N_PAIRS) for k in b["key"]]
         errors = loader.error_counts()
         next(batches)  # the first batch of epoch 1 closes epoch 0, which logs its skip counts
-    # Pairs after the cut are corrupt_shard; a sample cut between its files lacks one (missing_field).
-    assert 0 < errors["corrupt_shard"] < pairs and set(errors) <= {"corrupt_shard", "missing_field"}
+    # The shard no longer matches its manifest sha256: none of its pairs is trusted.
+    assert errors == {"corrupt_shard": pairs}
     assert len(keys) == len(set(keys)) == N_PAIRS - sum(errors.values())
     assert any("skipped bad samples" in r.message for r in caplog.records)
     # Same size, garbage in the middle: only reading reveals it; raise names the shard.
