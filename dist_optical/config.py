@@ -63,8 +63,8 @@ class DataConfig:
     temperature: float = 1.0
     # Bible books never trained on (held out for evaluation), e.g. ["REV"].
     exclude_books: list[str] = field(default_factory=lambda: ["REV"])
-    # Folder of shard folders, one per language (`{shards}/{lang}-{tgt_lang}`; relative to the repo
-    # root unless absolute); built on first use.
+    # Folder of shard folders, one per language (`{shards}/{lang}-{tgt_lang}-{content hash}`;
+    # relative to the repo root unless absolute); built on first use.
     shards: str = "shards"
     pairs_per_shard: int = 1000
     max_chars: int = 1000

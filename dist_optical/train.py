@@ -73,7 +73,8 @@ def run_texts(cfg: Config, manifests: list[Path]) -> Iterator[str]:
     eval set, prefixed as the student sees them."""
     from dist_optical.evalsets import load_eval_set
 
-    for pair in ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs):
+    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs, on_error=cfg.data.on_error)
+    for pair in stream:
         yield cfg.model.prefix + pair["src"]
         yield cfg.model.prefix + pair["tgt"]
     for eval_set in cfg.eval.sets:
@@ -97,12 +98,12 @@ def student_vocab(cfg: Config, out: Path, manifests: list[Path], resuming: bool,
 
 
 def idf_tables(
-    manifests: list[Path], max_pairs: int, teacher_tok, student_tok, max_length: int
+    manifests: list[Path], max_pairs: int, teacher_tok, student_tok, max_length: int, on_error: str = "raise"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(teacher vocab,), (student vocab,) idf over the training pairs (the first ``max_pairs`` of each
     manifest, the ones the stream trains on): English by the teacher's tokenizer, foreign by the
     student's, truncated as in training."""
-    pairs = list(ShardStream(manifests, shuffle=False, max_pairs=max_pairs))
+    pairs = list(ShardStream(manifests, shuffle=False, max_pairs=max_pairs, on_error=on_error))
     teacher_ids = teacher_tok([p["tgt"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
     student_ids = student_tok([p["src"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
     return idf_table(teacher_ids, len(teacher_tok)), idf_table(student_ids, len(student_tok))
@@ -147,7 +148,7 @@ def _train(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> dict[str, 
     teacher_idf = student_idf = None
     if max(cfg.loss.get("ot", 0.0), cfg.loss.get("ot_nce", 0.0)) > 0 and cfg.ot.marginals == "idf":
         teacher_idf, student_idf = idf_tables(
-            manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length
+            manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length, cfg.data.on_error
         )
     objective = Objective(
         cfg.loss,

@@ -262,7 +262,7 @@ def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, An
     from dist_optical.data.prepare import shard_folder
     from dist_optical.data.shards import load_manifest
 
-    sizes = [load_manifest(shard_folder(cfg, b.lang))["total_pairs"] for b in cfg.data.bitexts]
+    sizes = [load_manifest(shard_folder(cfg, b))["total_pairs"] for b in cfg.data.bitexts]
     lines = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
     pairs_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum
     return {

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
-from dist_optical.config import Config, data_path, repo_path
+from dist_optical.config import BitextConfig, Config, data_path, repo_path
 from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
 from dist_optical.data.stream import ShardStream
 from dist_optical.engine.dist import barrier
 
 
-def shard_folder(cfg: Config, lang: str) -> Path:
-    return repo_path(cfg.data.shards) / f"{lang}-{cfg.data.tgt_lang}"
+def shard_folder(cfg: Config, bitext: BitextConfig) -> Path:
+    """``{data.shards}/{lang}-{tgt}-{digest}``: the digest covers everything that decides the shards'
+    content, so two configs that shard differently (another held-out book) never rebuild each
+    other's folder, which a run of the other may be reading."""
+    content = {
+        "files": bitext.files,
+        "exclude_books": sorted(cfg.data.exclude_books),
+        "pairs_per_shard": cfg.data.pairs_per_shard,
+        "max_chars": cfg.data.max_chars,
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
+    return repo_path(cfg.data.shards) / f"{bitext.lang}-{cfg.data.tgt_lang}-{digest}"
 
 
 def ensure_shards(cfg: Config, is_main: bool) -> list[Path]:
@@ -19,7 +31,7 @@ def ensure_shards(cfg: Config, is_main: bool) -> list[Path]:
     filesystem all ranks share (the run's repo or a cluster scratch path)."""
     manifests = []
     for bitext in cfg.data.bitexts:
-        out = shard_folder(cfg, bitext.lang)
+        out = shard_folder(cfg, bitext)
         inputs = [data_path(cfg, p) for p in bitext.files]
         args = dict(
             src_lang=bitext.lang,

@@ -48,7 +48,7 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
         scheduler.setdefault("params", {}).update(
             total_num_steps=max(train.max_steps, train.warmup_steps + 1),
             warmup_max_lr=train.lr,
-            warmup_num_steps=train.warmup_steps,
+            warmup_num_steps=max(1, train.warmup_steps),  # DeepSpeed's WarmupDecayLR needs >= 1
         )
     if train.precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision: expected 'fp32' or 'bf16', got {train.precision!r}")

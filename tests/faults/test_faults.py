@@ -147,13 +147,12 @@ def altered_shards(tmp_path: Path) -> Path:
     from dist_optical.data.prepare import ensure_shards
 
     cfg = load_config(TINY)
-    source = ensure_shards(cfg, is_main=True)[0].parent
+    sources = [manifest.parent for manifest in ensure_shards(cfg, is_main=True)]  # swh, wol
     root = tmp_path / "shards"
-    shutil.copytree(source, root / "swh-eng")
-    shutil.copytree(source.with_name("wol-eng"), root / "wol-eng")
-    first = (
-        root / "swh-eng" / json.loads((root / "swh-eng" / "manifest.json").read_text())["shards"][0]["name"]
-    )
+    for source in sources:  # same config, so the same folder names under the new data.shards
+        shutil.copytree(source, root / source.name)
+    swahili = root / sources[0].name
+    first = swahili / json.loads((swahili / "manifest.json").read_text())["shards"][0]["name"]
     data = bytearray(first.read_bytes())
     index = data.index(b"Yesu")  # a word of the first verses' text
     data[index : index + 4] = b"Yosu"
