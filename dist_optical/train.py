@@ -259,9 +259,8 @@ def _train(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> dict[str, 
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", cos=f"{metrics['collapse/student_cos']:.2f}")
             if (step + 1) % cfg.train.log_every == 0 and collapse_baseline is not None:
                 warn_if_collapsing(metrics, collapse_baseline, cfg.train.collapse_margin)
-        if stop.agreed():
+        if stop.agreed():  # (handlers stay: the submitit job reads the stop reason through them)
             save(step + 1)
-            stop.restore()
             logger.close()
             log.warning(
                 "checkpointed at step %d after a stop signal; exiting %d", step + 1, PREEMPTED_EXIT_CODE

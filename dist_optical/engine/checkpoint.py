@@ -73,9 +73,8 @@ def save(
                 "step": step,
                 "world_size": client_state["world_size"],
                 "zero_stage": engine.zero_optimization_stage(),
-                "files": {name: _fingerprint(ckpt_dir / tag / name) for name in _tag_files(ckpt_dir / tag)},
             }
-            atomic_write(ckpt_dir / tag / META, json.dumps(meta, indent=1))
+            mark_complete(ckpt_dir / tag, meta)
             atomic_write(ckpt_dir / LATEST, tag)
     except OSError as err:
         if is_main:
@@ -98,6 +97,12 @@ def _why(err: OSError) -> str:
     if err.errno == errno.ENOSPC:
         return f"no space left on the disk holding {err.filename or 'the run folder'}"
     return f"{err.strerror or err} ({err.filename})" if err.filename else str(err)
+
+
+def mark_complete(tag_dir: Path, meta: dict[str, Any]) -> None:
+    """Write the tag's marker, last: ``meta`` plus every file's size and sha256."""
+    files = {name: _fingerprint(tag_dir / name) for name in _tag_files(tag_dir)}
+    atomic_write(tag_dir / META, json.dumps({**meta, "files": files}, indent=1))
 
 
 def _tag_files(tag_dir: Path) -> list[str]:

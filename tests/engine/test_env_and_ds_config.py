@@ -77,10 +77,16 @@ def test_resume_resolution(tmp_path):
         checkpoint.resolve_resume(str(tmp_path / "nowhere"), run)
     ckpts = run / "checkpoints"
     (ckpts / "step000010").mkdir(parents=True)
-    (ckpts / "step000020").mkdir()
-    (ckpts / "latest").write_text("step000010")  # step000020 was never completed
+    (ckpts / "step000010" / "mp_rank_00_model_states.pt").write_bytes(b"states")
+    checkpoint.mark_complete(ckpts / "step000010", {"step": 10, "world_size": 1, "zero_stage": 1})
+    (ckpts / "step000020").mkdir()  # never completed: no marker
+    assert checkpoint.resolve_resume("auto", run) == (ckpts, "step000010")  # with or without `latest`
+    (ckpts / "latest").write_text("step000020")
     assert checkpoint.resolve_resume("auto", run) == (ckpts, "step000010")
-    assert checkpoint.resolve_resume(str(ckpts / "step000020"), run) == (ckpts, "step000020")
+    assert checkpoint.resolve_resume(str(ckpts), run) == (ckpts, "step000010")
+    assert checkpoint.resolve_resume(str(ckpts / "step000010"), run) == (ckpts, "step000010")
+    with pytest.raises(checkpoint.CheckpointError, match="step000020/dist_optical.json is missing"):
+        checkpoint.resolve_resume(str(ckpts / "step000020"), run)
 
 
 def test_incompatible_resume_names_the_field():

@@ -183,10 +183,19 @@ def test_resume_path_without_checkpoint_fails_before_submitting(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def complete_tag(tag_dir):
+    """A checkpoint tag that resume accepts: one file and the marker listing it."""
+    from dist_optical.engine import checkpoint
+
+    tag_dir.mkdir(parents=True)
+    (tag_dir / "mp_rank_00_model_states.pt").write_bytes(b"states")
+    checkpoint.mark_complete(tag_dir, {"step": int(tag_dir.name.removeprefix("step")), "world_size": 1})
+    (tag_dir.parent / "latest").write_text(tag_dir.name)
+
+
 def test_resuming_a_run_with_another_model_fails_before_submitting(tmp_path):
     out = tmp_path / "run"
-    (out / "checkpoints" / "step000004").mkdir(parents=True)
-    (out / "checkpoints" / "latest").write_text("step000004")
+    complete_tag(out / "checkpoints" / "step000004")
     (out / "config.yaml").write_text("model: {max_length: 16}\n")
     with pytest.raises(ValueError, match="cannot resume: config field 'model' changed"):
         submit(TINY, [], out, Resources(), cluster="local")
@@ -211,8 +220,7 @@ def test_restarts_resume_from_the_run_folder(tmp_path, first):
     seed = str(tmp_path / first / "checkpoints") if first else ""
     job = TrainJob(cfg, tmp_path, resume=seed)
     assert job._resume_mode() == seed  # first start: fresh, or the given checkpoint
-    (tmp_path / "checkpoints" / "step000004").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "latest").write_text("step000004")
+    complete_tag(tmp_path / "checkpoints" / "step000004")
     assert job._resume_mode() == "auto"  # a restart continues this run, whatever the first start was
     requeued = job.checkpoint()
     assert (requeued.function.out, requeued.function.resume) == (tmp_path, "auto")
