@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_stream import epoch_keys  # tests/data is on sys.path (no __init__.py)
 
 from dist_optical.data import ShardLoader, ShardStream, build_shards
 from dist_optical.data.stream import language_weights
@@ -28,21 +29,12 @@ def sources(tmp_path_factory) -> list[Path]:
 
 def epoch_pairs(sources, world_size, batch_size, workers=0, state=None, **kw) -> list[list[tuple[str, str]]]:
     """Finish the current epoch on every (simulated) rank -> per-rank (lang, key) in step order."""
-    per_rank = []
-    for rank in range(world_size):
-        loader = ShardLoader(
-            ShardStream(sources, rank=rank, world_size=world_size, **kw), batch_size, num_workers=workers
-        )
-        if state is not None:
-            loader.load_state_dict(state)
-        epoch = loader.state_dict()["epoch"]
-        pairs = []
-        for batch in loader:
-            if batch["epoch"] != epoch:
-                break
-            pairs += list(zip(batch["lang"], batch["key"], strict=True))
-        per_rank.append(pairs)
-    return per_rank
+
+    def lang_and_key(batch):
+        return list(zip(batch["lang"], batch["key"], strict=True))
+
+    per_rank = epoch_keys(world_size, batch_size, sources, workers, state, select=lang_and_key, **kw)
+    return [[pair for batch in batches for pair in batch] for batches in per_rank]
 
 
 def languages_of(stream: ShardStream, ids: np.ndarray) -> np.ndarray:

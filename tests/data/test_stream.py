@@ -52,8 +52,10 @@ def take(loader: ShardLoader, n: int) -> list[dict]:
     return list(islice(loader, n))
 
 
-def epoch_keys(world_size: int, batch_size: int, shard_dir: Path, workers: int = 0, state=None, **kw):
-    """Finish the current epoch on every (simulated) rank -> per-rank list of batches' keys."""
+def epoch_keys(world_size: int, batch_size: int, shard_dir, workers: int = 0, state=None, select=None, **kw):
+    """Finish the current epoch on every (simulated) rank -> per-rank list of batches' keys (or of
+    ``select(batch)``)."""
+    select = select or (lambda batch: batch["key"])
     per_rank = []
     for rank in range(world_size):
         loader = ShardLoader(
@@ -66,7 +68,7 @@ def epoch_keys(world_size: int, batch_size: int, shard_dir: Path, workers: int =
         for batch in loader:
             if batch["epoch"] != epoch:
                 break
-            batches.append(batch["key"])
+            batches.append(select(batch))
         per_rank.append(batches)
     return per_rank
 
