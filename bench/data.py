@@ -27,7 +27,8 @@ import torch
 
 from dist_optical.config import DataConfig, data_path, load_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream, build_shards, read_bitext
-from dist_optical.models import load_encoder, load_tokenizer, tokenize
+from dist_optical.data.collate import tokenize
+from dist_optical.models import load_encoder, load_tokenizer
 
 MODEL = "all-MiniLM-L6-v2"
 BATCH = 16

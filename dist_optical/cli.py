@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from dist_optical.config import REPO_ROOT, ConfigError, load_config
+from dist_optical.config import REPO_ROOT, load_config
+from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, Preempted
 from dist_optical.errors import UserError
 from dist_optical.launch.cluster import CLUSTERS
 from dist_optical.launch.submit import add_arguments as submit_arguments
@@ -113,11 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
+    except Preempted as stop:  # a signal: checkpointed, resumable
+        print(f"dist-optical {args.command}: {stop}; resume with --resume auto", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except FloatingPointError as err:  # the loss went NaN/inf: a stop of its own, not a crash
         print(f"dist-optical {args.command}: stopped: {err}; the last complete checkpoint is kept "
               "(resume with --resume auto, e.g. with a lower train.lr)", file=sys.stderr)  # fmt: skip
         sys.exit(NON_FINITE_EXIT_CODE)
-    except (ConfigError, FileNotFoundError, ValueError, UserError) as err:
+    except UserError as err:  # only the project's own errors: anything else is a bug, with its traceback
         sys.exit(f"dist-optical {args.command}: error: {err}")
 
 
@@ -155,8 +159,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from dist_optical.atomic import atomic_write
-    from dist_optical.evaluate import Encoder, evaluate_parallel, format_table, read_lines
+    from dist_optical.eval.evaluator import format_table
+    from dist_optical.eval.metrics import evaluate_parallel
+    from dist_optical.files import atomic_write, read_lines
+    from dist_optical.models.encoder import Encoder
     from dist_optical.models.package import exported_meta
 
     # An exported student says how it was trained to encode: prefix, pooling, truncation.
@@ -169,15 +175,15 @@ def _eval(args: argparse.Namespace) -> None:
     queries, targets = read_lines(args.queries, args.max_pairs), read_lines(args.targets, args.max_pairs)
     for path, lines in ((args.queries, queries), (args.targets, targets)):
         if not lines:
-            raise ValueError(f"{path}: is empty; expected one sentence a line")
+            raise UserError(f"{path}: is empty; expected one sentence a line")
     if len(queries) != len(targets):
-        raise ValueError(f"{args.queries} has {len(queries)} lines but {args.targets} has {len(targets)}")
+        raise UserError(f"{args.queries} has {len(queries)} lines but {args.targets} has {len(targets)}")
     model = Encoder.load(args.model, **settings)
     target_name = args.target_model or meta.get("teacher") or args.model
     target_model = model if target_name == args.model else Encoder.load(target_name, **settings)
     widths = (model.model.config.hidden_size, target_model.model.config.hidden_size)
     if widths[0] != widths[1]:
-        raise ValueError(
+        raise UserError(
             f"--model {args.model} embeds in {widths[0]} dimensions but the targets' model {target_name} in "
             f"{widths[1]}: their embeddings cannot be compared (pass a --target-model of the same width)"
         )
@@ -190,14 +196,14 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from dist_optical import lock
-    from dist_optical.export import export_checkpoint
+    from dist_optical.files import hold_lock
+    from dist_optical.train.export import export_checkpoint
 
     ckpt = args.checkpoint
     run_dir = ckpt.parent if ckpt.name == "checkpoints" else ckpt.parent.parent
     # Not while that run's main rank is training (or another export is writing).
     locks = run_dir / "locks"
-    with lock.hold(locks / "rank0.lock", "export") if locks.is_dir() else contextlib.nullcontext():
+    with hold_lock(locks / "rank0.lock", "export") if locks.is_dir() else contextlib.nullcontext():
         print(export_checkpoint(ckpt, args.out))
 
 

@@ -1,7 +1,9 @@
 """Typed run configuration: dataclasses loaded from YAML, overridden by ``key.sub=value``.
 
-Unknown keys and values of the wrong type are errors that name the key (nanoGPT's
-configurator check, with visible types).
+Every value is checked here, once, at load time, so that train, run, submit (before queueing) and
+compare all refuse a bad value up front: unknown keys, wrong types, a choice outside its `Literal`,
+a number outside the range in its field's `check`. The consumers trust the config. A field marked
+`resume=True` cannot change between a checkpoint and its resume.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import dataclasses
 import hashlib
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -21,30 +24,54 @@ from dist_optical.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UserError):
     """A configuration file or override that does not fit the schema."""
 
 
-# The enumerated choices, in one place: the consumers (losses, evalsets, the stream) import them.
-LOSS_TERMS = ("ot", "ot_nce", "contrastive", "mse", "english")
-OT_COSTS = ("cosine", "sqeuclidean")
-OT_MARGINALS = ("uniform", "idf")
-OT_GRADS = ("envelope", "unrolled")  # = ot.sinkhorn.GRAD_MODES (tested): ot/ stays free of config
-POOLINGS = ("mean", "cls")
-PRECISIONS = ("fp32", "bf16")
-ON_ERROR = ("raise", "skip")
-EVAL_KINDS = ("parallel", "bible", "clir")
+# The enumerated choices: a value outside its Literal is refused at load time.
+LossTerm = Literal["ot", "ot_nce", "contrastive", "mse", "english"]
+OTCost = Literal["cosine", "sqeuclidean"]
+OTMarginals = Literal["uniform", "idf"]
+OTGrad = Literal["envelope", "unrolled"]  # = ot.sinkhorn.GRAD_MODES (tested): ot/ stays free of config
+Pooling = Literal["mean", "cls"]
+Precision = Literal["fp32", "bf16"]
+OnError = Literal["raise", "skip"]
+EvalKind = Literal["parallel", "bible", "clir"]
+LOSS_TERMS: tuple[str, ...] = typing.get_args(LossTerm)
+
+# A range: (test, what is expected), checked at load time on the field that carries it.
+Check = tuple[Callable[[Any], bool], str]
+POSITIVE: Check = (lambda v: v > 0, "> 0")
+NONNEG: Check = (lambda v: v >= 0, ">= 0")
+ATLEAST1: Check = (lambda v: v >= 1, ">= 1")
+FRACTION: Check = (lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    check: Check | None = None,
+    resume: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A config field with its range (``check``) and whether a resume must keep it (``resume``)."""
+    metadata = {"check": check, "resume": resume}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class BitextConfig:
     # The foreign language's code (e.g. swh): names its shard folder and its share in the logs.
-    lang: str = ""
+    lang: str = setting("", check=(lambda v: bool(v), "a language code (it names the shard folder)"))
     # Inputs of `dist-optical shard`, relative to `data.root`: two aligned files (FOREIGN ENGLISH), one
     # TSV, or two verse-aligned Bible XMLs (FOREIGN ENGLISH).
-    files: list[str] = field(default_factory=list)
+    files: list[str] = setting(
+        factory=list, check=(lambda v: len(v) in (1, 2), "FOREIGN ENGLISH files, or one TSV")
+    )
     # Sampling weight against the other languages (relative); 0 = from data.temperature and the sizes.
-    weight: float = 0.0
+    weight: float = setting(0.0, check=NONNEG)
 
 
 @dataclass
@@ -53,28 +80,28 @@ class DataConfig:
     root: str = "../shared/data"
     # The training bitexts, one per foreign language; one stream over all of them, each pair once
     # per epoch, mixed by weight (data/stream.py).
-    bitexts: list[BitextConfig] = field(
-        default_factory=lambda: [
-            BitextConfig("swh", ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"]),
-        ]
+    bitexts: list[BitextConfig] = setting(
+        factory=lambda: [BitextConfig("swh", ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"])],
+        check=(lambda v: len(v) > 0, "at least one bitext"),
+        resume=True,
     )
-    tgt_lang: str = "eng"
+    tgt_lang: str = setting("eng", resume=True)
     # Temperature sampling over language sizes (w ~ n ** (1/T)): 1 = natural mixture, larger = flatter.
-    temperature: float = 1.0
+    temperature: float = setting(1.0, check=POSITIVE)
     # Bible books never trained on (held out for evaluation), e.g. ["REV"].
-    exclude_books: list[str] = field(default_factory=lambda: ["REV"])
+    exclude_books: list[str] = setting(factory=lambda: ["REV"])
     # Folder of shard folders, one per language (`{shards}/{lang}-{tgt_lang}-{content hash}`;
     # relative to the repo root unless absolute); built on first use.
     shards: str = "shards"
-    pairs_per_shard: int = 1000
-    max_chars: int = 1000
+    pairs_per_shard: int = setting(1000, check=NONNEG)
+    max_chars: int = setting(1000, check=NONNEG)
     # Use only the first N pairs of each language's manifest order (0 = all): the low-resource knob.
-    max_pairs: int = 0
-    num_workers: int = 1
-    shuffle_buffer: int = 1000
-    on_error: str = "raise"  # raise | skip (bad samples dropped and counted)
+    max_pairs: int = setting(0, check=NONNEG)
+    num_workers: int = setting(1, check=NONNEG)
+    shuffle_buffer: int = setting(1000, check=ATLEAST1)
+    on_error: OnError = "raise"  # skip: bad samples dropped and counted
     # With on_error=skip: a run that skipped more than this fraction of the pairs it drew fails at the end.
-    max_skip_fraction: float = 0.01
+    max_skip_fraction: float = setting(0.01, check=FRACTION)
 
 
 @dataclass
@@ -83,8 +110,8 @@ class ModelConfig:
     teacher: str = "all-MiniLM-L6-v2"
     # Empty: initialise the student from the teacher's weights.
     student: str = ""
-    pooling: str = "mean"
-    max_length: int = 64
+    pooling: Pooling = "mean"
+    max_length: int = setting(64, check=(lambda v: v >= 2, ">= 2 (room for the special tokens)"))
     # Prepended to every text either model encodes, in training, eval and the exported model (E5's
     # "query: "; "" = none).
     prefix: str = ""
@@ -102,55 +129,55 @@ class ModelConfig:
 
 @dataclass
 class OTConfig:
-    eps: float = 0.05
-    max_iters: int = 50
-    tol: float = 0.0  # 0 = run max_iters
-    cost: str = "cosine"  # cosine | sqeuclidean
-    marginals: str = "uniform"  # uniform | idf
-    grad: str = "envelope"  # envelope | unrolled
+    eps: float = setting(0.05, check=POSITIVE)
+    max_iters: int = setting(50, check=ATLEAST1)
+    tol: float = setting(0.0, check=NONNEG)  # 0 = run max_iters
+    cost: OTCost = "cosine"
+    marginals: OTMarginals = "uniform"
+    grad: OTGrad = "envelope"
     # Subtract each side's mean token before the cost: removes the shared "average token"
     # direction that makes all cross-lingual costs nearly equal at the start.
     center: bool = False
     # Epsilon schedule: ratio in (0, 1) of a geometric decrease from the largest cost down to eps
     # (GeomLoss' epsilon-scaling), one log-domain iteration per value; 0 = off.
-    eps_scaling: float = 0.0
+    eps_scaling: float = setting(0.0, check=(lambda v: 0 <= v < 1, "in (0, 1), or 0 for no schedule"))
     # Unbalanced OT: > 0 relaxes the marginals to KL penalties of this strength (POT's reg_m), so
     # tokens without a counterpart need not be matched; 0 = balanced (exact marginals).
-    rho: float = 0.0
+    rho: float = setting(0.0, check=NONNEG)
     # loss.ot_nce: InfoNCE over -W / nce_temperature, W the token-level OT cost of a sentence pair
     # (W spreads less across sentences than pooled cosines do, hence below contrastive.temperature).
-    nce_temperature: float = 0.02
+    nce_temperature: float = setting(0.02, check=POSITIVE)
 
 
 @dataclass
 class ContrastiveConfig:
-    temperature: float = 0.05
+    temperature: float = setting(0.05, check=POSITIVE)
     symmetric: bool = True
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300
-    micro_batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
+    max_steps: int = setting(300, check=POSITIVE)
+    micro_batch_size: int = setting(16, check=ATLEAST1)
+    grad_accum: int = setting(1, check=ATLEAST1)
+    lr: float = setting(5e-5, check=POSITIVE)
+    weight_decay: float = setting(0.01, check=NONNEG)
+    warmup_steps: int = setting(20, check=NONNEG)
+    grad_clip: float = setting(1.0, check=NONNEG)
     seed: int = 0
-    log_every: int = 10
-    save_every: int = 0  # 0 = only at the end
-    keep_last: int = 2
+    log_every: int = setting(10, check=ATLEAST1)
+    save_every: int = setting(0, check=NONNEG)  # 0 = only at the end
+    keep_last: int = setting(2, check=NONNEG)
     # DeepSpeed JSON (relative to the repo root unless absolute); batch/lr/clip fields come from here.
     deepspeed: str = "configs/ds/zero1.json"
-    precision: str = "fp32"  # fp32 | bf16
+    precision: Precision = "fp32"
     # Warn when the mean pairwise cosine of the student's sentence embeddings (collapse/student_cos)
     # has used up this fraction of the room between its first-step value and 1: sentence embeddings
     # start near 0.9 for e5 and 0.5 for MiniLM, so a fixed threshold cannot fit both.
-    collapse_margin: float = 0.5
+    collapse_margin: float = setting(0.5, check=(lambda v: 0 < v <= 1, "in (0, 1]"))
     # Every N steps (0 = never), score the student on the eval set named `dev_set` (foreign queries
     # by the student, English targets by the teacher) and log dev/acc@1: the learning curve.
-    eval_every: int = 0
+    eval_every: int = setting(0, check=NONNEG)
     dev_set: str = ""
 
 
@@ -159,10 +186,10 @@ class EvalSet:
     name: str = ""
     # parallel: line-aligned plain text (Tatoeba, XNLI); bible: verse-aligned CES XML Bibles, the
     # verses of `books` only; clir: `queries` and `targets` are TSVs (id<TAB>text), `qrels` TREC.
-    kind: str = "parallel"
+    kind: EvalKind = "parallel"
     queries: str = ""  # foreign side, relative to data.root
     targets: str = ""  # English side (clir: the documents)
-    max_pairs: int = 0
+    max_pairs: int = setting(0, check=NONNEG)
     books: list[str] = field(default_factory=list)  # bible: held-out books, e.g. [REV]
     qrels: str = ""  # clir: "qid 0 docid relevance" lines
 
@@ -170,17 +197,17 @@ class EvalSet:
 @dataclass
 class EvalConfig:
     sets: list[EvalSet] = field(default_factory=list)
-    batch_size: int = 64
+    batch_size: int = setting(64, check=ATLEAST1)
 
 
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    # Objective = weighted sum of named terms; known names: ot, contrastive, mse, english.
-    loss: dict[str, float] = field(default_factory=lambda: {"ot": 1.0, "contrastive": 1.0})
-    ot: OTConfig = field(default_factory=OTConfig)
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    model: ModelConfig = setting(factory=ModelConfig, resume=True)
+    # Objective = weighted sum of named terms (LossTerm); weight-0 terms are skipped.
+    loss: dict[LossTerm, float] = setting(factory=lambda: {"ot": 1.0, "contrastive": 1.0}, resume=True)
+    ot: OTConfig = setting(factory=OTConfig, resume=True)
+    contrastive: ContrastiveConfig = setting(factory=ContrastiveConfig, resume=True)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -213,7 +240,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_path(raw, key.strip().split("."), value)
         overridden[key.strip()] = item
     source = Source(str(path) if path is not None else "defaults", overridden)
-    cfg = _build(Config, raw, source)
+    cfg = build(Config, raw, source)
     validate(cfg, source)
     return cfg
 
@@ -244,7 +271,7 @@ def config_hash(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from dist_optical.atomic import atomic_write
+    from dist_optical.files import atomic_write
 
     atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
@@ -263,8 +290,9 @@ def _where(source: str | Source, key: str) -> str:
     return source.of(key) if isinstance(source, Source) else str(source)
 
 
-def _build(cls: type, raw: Any, source: str | Source, prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping; ``prefix`` is the dotted key path so far."""
+def build(cls: type, raw: Any, source: str | Source, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping (types and choices checked, ranges not: see
+    `validate`); ``source`` names where it came from, ``prefix`` is the dotted key path so far."""
     if not isinstance(raw, dict):
         where = _where(source, prefix.rstrip("."))
         raise ConfigError(f"{where}: config key {prefix or '<top>'!r}: expected a mapping, got {raw!r}")
@@ -282,8 +310,15 @@ def _build(cls: type, raw: Any, source: str | Source, prefix: str = "") -> Any:
 def _coerce(hint: Any, value: Any, source: str | Source, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, source, key + ".")
+        return build(hint, value, source, key + ".")
     where = _where(source, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: config key {key!r}: expected one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: config key {key!r}: expected a list, got {value!r}")
@@ -294,7 +329,7 @@ def _coerce(hint: Any, value: Any, source: str | Source, key: str) -> Any:
             raise ConfigError(f"{where}: config key {key!r}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(hint)
         return {
-            _coerce(key_type, k, source, key): _coerce(value_type, v, source, f"{key}.{k}")
+            _coerce(key_type, k, source, f"{key}.{k}"): _coerce(value_type, v, source, f"{key}.{k}")
             for k, v in value.items()
         }
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -311,85 +346,59 @@ def _coerce(hint: Any, value: Any, source: str | Source, key: str) -> Any:
     return value
 
 
-# Ranges and choices, checked at load time so that train, run, submit (before queueing) and compare
-# all refuse a bad value up front: dotted key -> (test, what is expected).
-_POSITIVE = (lambda v: v > 0, "> 0")
-_NONNEG = (lambda v: v >= 0, ">= 0")
-_ATLEAST1 = (lambda v: v >= 1, ">= 1")
-RULES: dict[str, tuple[Any, str]] = {
-    "data.pairs_per_shard": _NONNEG,
-    "data.max_chars": _NONNEG,
-    "data.max_pairs": _NONNEG,
-    "data.num_workers": _NONNEG,
-    "data.shuffle_buffer": _ATLEAST1,
-    "data.temperature": _POSITIVE,
-    "data.on_error": (lambda v: v in ON_ERROR, f"one of {', '.join(ON_ERROR)}"),
-    "data.max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "model.pooling": (lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}"),
-    "model.max_length": (lambda v: v >= 2, ">= 2 (room for the special tokens)"),
-    "ot.eps": _POSITIVE,
-    "ot.max_iters": _ATLEAST1,
-    "ot.tol": _NONNEG,
-    "ot.cost": (lambda v: v in OT_COSTS, f"one of {', '.join(OT_COSTS)}"),
-    "ot.marginals": (lambda v: v in OT_MARGINALS, f"one of {', '.join(OT_MARGINALS)}"),
-    "ot.grad": (lambda v: v in OT_GRADS, f"one of {', '.join(OT_GRADS)}"),
-    "ot.eps_scaling": (lambda v: 0 <= v < 1, "in (0, 1), or 0 for no schedule"),
-    "ot.rho": _NONNEG,
-    "ot.nce_temperature": _POSITIVE,
-    "contrastive.temperature": _POSITIVE,
-    "train.max_steps": _POSITIVE,
-    "train.micro_batch_size": _ATLEAST1,
-    "train.grad_accum": _ATLEAST1,
-    "train.lr": _POSITIVE,
-    "train.weight_decay": _NONNEG,
-    "train.warmup_steps": _NONNEG,
-    "train.grad_clip": _NONNEG,
-    "train.log_every": _ATLEAST1,
-    "train.save_every": _NONNEG,
-    "train.keep_last": _NONNEG,
-    "train.precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "train.collapse_margin": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "train.eval_every": _NONNEG,
-    "eval.batch_size": _ATLEAST1,
-}
-
-
 def validate(cfg: Config, source: str | Source = "config") -> None:
-    """Every range and choice of ``cfg`` (RULES, loss weights, bitexts, eval sets); a ConfigError names
-    the key, where it came from, the value and what was expected."""
+    """Every field's range (its ``check``) and the rules across fields; a ConfigError names the key,
+    where it came from, the value and what was expected."""
 
     def fail(key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{_where(source, key)}: config key {key!r}: expected {expected}, got {value!r}")
 
-    for key, (test, expected) in RULES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+    for key, value, check in _checked_fields(cfg):
+        test, expected = check
         if not test(value):
             fail(key, value, expected)
     for name, weight in cfg.loss.items():
-        if name not in LOSS_TERMS:
-            fail(f"loss.{name}", weight, f"a loss term ({', '.join(LOSS_TERMS)})")
         if not weight >= 0:
             fail(f"loss.{name}", weight, ">= 0")
     if not any(weight > 0 for weight in cfg.loss.values()):
         fail("loss", cfg.loss, "at least one term with a weight > 0")
-    if not cfg.data.bitexts:
-        fail("data.bitexts", cfg.data.bitexts, "at least one bitext")
-    for i, bitext in enumerate(cfg.data.bitexts):
-        if not bitext.lang:
-            fail(f"data.bitexts[{i}].lang", bitext.lang, "a language code (it names the shard folder)")
-        if len(bitext.files) not in (1, 2):
-            fail(f"data.bitexts[{i}].files", bitext.files, "FOREIGN ENGLISH files, or one TSV")
-        if not bitext.weight >= 0:
-            fail(f"data.bitexts[{i}].weight", bitext.weight, ">= 0")
     weights = [b.weight for b in cfg.data.bitexts]
     if any(weights) and not all(weights):
         fail("data.bitexts[].weight", weights, "a weight on every bitext, or on none (temperature)")
-    for i, eval_set in enumerate(cfg.eval.sets):
-        if eval_set.kind not in EVAL_KINDS:
-            fail(f"eval.sets[{i}].kind", eval_set.kind, f"one of {', '.join(EVAL_KINDS)}")
-        if not eval_set.max_pairs >= 0:
-            fail(f"eval.sets[{i}].max_pairs", eval_set.max_pairs, ">= 0")
+    if cfg.train.eval_every:
+        names = [s.name for s in cfg.eval.sets]
+        dev_set = cfg.train.dev_set or (names[0] if names else "")
+        if dev_set not in names:
+            fail("train.dev_set", dev_set, f"one of eval.sets ({', '.join(names) or 'none'}): "
+                 "train.eval_every > 0 scores the student on it")  # fmt: skip
+        if cfg.eval.sets[names.index(dev_set)].kind == "clir":
+            fail("train.dev_set", dev_set, "an aligned set (parallel or bible), not a clir one")
+
+
+def _checked_fields(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any, Check]]:
+    """(dotted key, value, check) of every field that carries a check, lists of sections included."""
+    for f in dataclasses.fields(node):
+        key, value = prefix + f.name, getattr(node, f.name)
+        if f.metadata.get("check"):
+            yield key, value, f.metadata["check"]
+        if dataclasses.is_dataclass(value):
+            yield from _checked_fields(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _checked_fields(item, f"{key}[{i}].")
+
+
+def resume_sensitive(cls: type = Config, prefix: str = "") -> list[str]:
+    """Dotted keys of the fields marked ``resume=True``: changing one between a checkpoint and its
+    resume would silently train a different thing."""
+    hints, keys = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("resume"):
+            keys.append(prefix + f.name)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(resume_sensitive(hints[f.name], prefix + f.name + "."))
+    return keys
 
 
 def repo_path(path: str | Path) -> Path:

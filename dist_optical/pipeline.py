@@ -11,71 +11,23 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
-from dist_optical.atomic import atomic_write
-from dist_optical.config import Config
+from dist_optical.config import Config, ConfigError
 from dist_optical.errors import UserError
-from dist_optical.evalsets import EvalData, load_eval_set
-from dist_optical.evaluate import Encoder, evaluate_parallel, evaluate_qrels, format_table, gold_ranks
+from dist_optical.eval.evaluator import Evaluator, Results, format_table
+from dist_optical.files import atomic_write
+from dist_optical.models.encoder import Encoder
 from dist_optical.models.package import exported_meta, write_card
 
 log = logging.getLogger("dist_optical.pipeline")
 
-Results = dict[str, dict[str, dict[str, float]]]  # eval set -> direction -> metric -> value
-
-
-class Evaluator:
-    """Holds the eval sets (`evalsets.EvalData`) and the teacher's target embeddings across several
-    students. Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents.
-    Each model embeds a text once per call, however many sets share it (the four Revelation sets
-    share their English side)."""
-
-    def __init__(self, cfg: Config, teacher: Encoder):
-        self.cfg = cfg
-        self.teacher = teacher
-        self.sets: dict[str, EvalData] = {s.name: load_eval_set(cfg, s) for s in cfg.eval.sets}
-        self.targets = self._embed_all(teacher, "targets")
-
-    def _embed_all(self, model: Encoder, side: str) -> dict[str, Tensor]:
-        """Every set's ``side`` (queries or targets) by ``model``: unique texts embedded once."""
-        texts = list(dict.fromkeys(t for data in self.sets.values() for t in getattr(data, side)))
-        emb = model.embed(texts, self.cfg.eval.batch_size, desc=f"{side} by {model.name}")
-        row = {text: i for i, text in enumerate(texts)}
-        return {
-            name: emb[torch.tensor([row[t] for t in getattr(data, side)], dtype=torch.long)]
-            for name, data in self.sets.items()
-        }
-
-    def __call__(
-        self, query_model: Encoder, target_model: Encoder | None = None, ranks: dict | None = None
-    ) -> Results:
-        """Foreign queries by ``query_model``; English targets by the teacher (its cached index), or by
-        ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)` user has it).
-        ``ranks``, if given, receives each aligned set's 1-based gold rank per query (foreign ->
-        English): what a paired bootstrap over queries needs."""
-        queries = self._embed_all(query_model, "queries")
-        targets = self.targets if target_model is None else self._embed_all(target_model, "targets")
-        results = {}
-        for name, data in self.sets.items():
-            if data.relevant is None:
-                results[name] = evaluate_parallel(queries[name], targets[name])
-                if ranks is not None:
-                    gold = torch.arange(len(data.queries))
-                    ranks[name] = gold_ranks(queries[name] @ targets[name].T, gold).tolist()
-            else:
-                results[name] = evaluate_qrels(queries[name], targets[name], data.relevant, data.gains)
-        return results
-
 
 def run_pipeline(cfg: Config, out: Path, resume: str = "") -> dict[str, Results]:
     """The main job in run folder ``out``, held locked for its whole length (train locks its own)."""
-    from dist_optical import lock
+    from dist_optical.files import hold_lock
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
-    with lock.hold(out / "locks" / "run.lock", "run"):
+    with hold_lock(out / "locks" / "run.lock", "run"):
         return _run_pipeline(cfg, out, resume)
 
 
@@ -87,7 +39,7 @@ def _run_pipeline(cfg: Config, out: Path, resume: str) -> dict[str, Results]:
         refuse_fresh_start(out)  # before the zero-shot evaluation, not minutes later
 
     if not cfg.eval.sets:
-        raise ValueError("eval.sets is empty: the main job needs at least one evaluation set")
+        raise ConfigError("eval.sets is empty: the main job needs at least one evaluation set")
     teacher = Encoder.from_config(cfg.model.teacher, cfg.model, tiny=True)
     evaluator = Evaluator(cfg, teacher)
     rows: dict[str, Results] = {"zero-shot teacher": evaluator(teacher)}

@@ -9,12 +9,15 @@ import subprocess
 import sys
 
 import pytest
-from train.helpers import cli_env  # tests/ is on sys.path (rootdir without __init__.py)
+from helpers import cli_env
 
 from dist_optical.compare.report import fmt, headline, row_name
-from dist_optical.compare.runner import check_split
+from dist_optical.compare.runner import check_split, checked_plan
 from dist_optical.compare.spec import load_spec, plan
 from dist_optical.config import REPO_ROOT, ConfigError, load_config
+from dist_optical.data.prepare import shard_folder
+from dist_optical.data.shards import load_manifest
+from dist_optical.errors import UserError
 
 SPEC = """
 base: configs/tiny.yaml
@@ -60,6 +63,11 @@ def compared(tmp_path_factory):
     return spec, root / "out"
 
 
+def swh_bitext(compared):
+    cfg = load_spec(compared[0]).language_config("swh")
+    return cfg, cfg.data.bitexts[0]
+
+
 def test_report_numbers_match_results_json(compared):
     _, out = compared
     results = json.loads((out / "results.json").read_text())
@@ -90,7 +98,8 @@ def test_report_numbers_match_results_json(compared):
     )
     assert results["splits"]["swh"]["eval"]["rev-swh"] == {"books": ["REV"], "verses": 60, "overlap": 0}
     assert "REV" not in results["splits"]["swh"]["train_books"]
-    assert "| swh | 7449 |" in report and "![main](main.png)" in report
+    pairs = load_manifest(shard_folder(*swh_bitext(compared)))["total_pairs"]  # the training pool, as built
+    assert f"| swh | {pairs} |" in report and "![main](main.png)" in report
     assert (out / "main.png").stat().st_size > 0
     diagnostics = summary["ot/pairs-all"]["diagnostics"]["last"]
     assert "ot/plan_entropy" in diagnostics and "collapse/student_cos" in diagnostics
@@ -119,9 +128,12 @@ def test_intervals_come_from_the_runs_per_query_ranks(compared):
     report = (out / "report.md").read_text()
     assert "## Differences with 95% intervals" in report
     assert _interval(tests["rev-swh"]["ot"]["vs infonce"]) in report
-    for run in results["runs"]:  # the dev curve: every 2 steps of 8 pairs
+    train = load_spec(compared[0]).language_config("swh").train  # the dev curve: every eval_every steps
+    steps = range(train.eval_every, train.max_steps + 1, train.eval_every)
+    for run in results["runs"]:
         if run["seed"] is not None:
-            assert [pairs for pairs, _ in run["curve"]] == [16, 32]
+            pairs_seen = [step * train.micro_batch_size * train.grad_accum for step in steps]
+            assert [pairs for pairs, _ in run["curve"]] == pairs_seen
     assert (out / "curves.png").stat().st_size > 0 and (out / "headline.png").stat().st_size > 0
 
 
@@ -190,7 +202,7 @@ def test_by_book_split_is_checked_on_the_shard_keys(tmp_path, exclude):
         assert split["train_pairs"] == 4 and split["train_books"] == ["JUD", "MAT"]
         assert split["eval"]["rev"] == {"books": ["REV"], "verses": 2, "overlap": 0}
     else:
-        with pytest.raises(ValueError, match=r"xx: eval set rev: 2 evaluation keys are also training keys"):
+        with pytest.raises(UserError, match=r"xx: eval set rev: 2 evaluation keys are also training keys"):
             check_split("xx", cfg)
 
 
@@ -212,10 +224,14 @@ def test_overrides_merge_sections_and_replace_the_loss(tmp_path):
         "swh/infonce/pairs-all/seed0",
         "swh/infonce/pairs-all/seed1",
     ]
-    ot = spec.run_config(keys[2])
+    ot, base = spec.run_config(keys[2]), load_config(REPO_ROOT / "configs" / "tiny.yaml")
     assert ot.loss == {"ot": 1.0}  # replaced, not merged with the base's {ot, contrastive}
-    assert (ot.ot.rho, ot.ot.eps, ot.ot.max_iters) == (0.5, 0.1, 30)  # merged with tiny.yaml's ot section
-    assert (ot.train.seed, ot.train.max_steps, ot.train.lr) == (1, 4, 3.0e-3)
+    assert ot.ot.rho == 0.5 and (ot.ot.eps, ot.ot.max_iters) == (base.ot.eps, base.ot.max_iters)  # merged
+    assert (ot.train.seed, ot.train.max_steps, ot.train.lr) == (
+        1,
+        4,
+        base.train.lr,
+    )  # overrides, then the base
     assert spec.run_config(keys[3]).loss == {"contrastive": 1.0}
 
 
@@ -231,8 +247,7 @@ def test_overrides_merge_sections_and_replace_the_loss(tmp_path):
 def test_spec_errors_name_the_key(tmp_path, change, message):
     path = write_spec(tmp_path, SPEC.replace(*change))
     with pytest.raises(ConfigError, match=message):
-        spec = load_spec(path)
-        [spec.run_config(key) for key in plan(spec) if key.trains]
+        checked_plan(path)
 
 
 SPECS = {  # spec -> languages it must cover, minimum seeds
@@ -244,8 +259,6 @@ SPECS = {  # spec -> languages it must cover, minimum seeds
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_shipped_specs_build_every_run(name):
-    from dist_optical.compare.runner import checked_plan
-
     spec, keys, configs = checked_plan(REPO_ROOT / "configs" / name)
     languages, seeds = SPECS[name]
     assert {key.language for key in keys} == languages

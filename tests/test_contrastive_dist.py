@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dist_optical.engine.collectives import all_gather_with_grad
-from dist_optical.losses import contrastive_loss
+from dist_optical.objectives.terms import contrastive_loss
 
 WORLD = 2
 LOCAL_BATCH = 3

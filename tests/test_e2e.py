@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from train.helpers import run_module  # tests/ is on sys.path (rootdir-relative test modules)
+from helpers import run_module
 
 from dist_optical.config import REPO_ROOT
 
@@ -56,7 +56,8 @@ def test_sentence_transformers_user_gets_the_student_alone_row(default_run):
     """`SentenceTransformer(DIR)` on both sides reproduces the run's "student alone" numbers."""
     from sentence_transformers import SentenceTransformer
 
-    from dist_optical.evaluate import evaluate_parallel, read_lines
+    from dist_optical.eval.metrics import evaluate_parallel
+    from dist_optical.files import read_lines
 
     out, _ = default_run
     rows = json.loads((out / "eval.json").read_text())["results"]

@@ -3,14 +3,15 @@ import math
 import pytest
 import torch
 
-from dist_optical.evaluate import (
+from dist_optical.errors import UserError
+from dist_optical.eval.metrics import (
     evaluate_parallel,
     evaluate_qrels,
     gold_ranks,
     graded_metrics,
-    read_lines,
     retrieval_metrics,
 )
+from dist_optical.files import read_lines
 
 
 def test_gold_ranks_hand_made():
@@ -58,7 +59,7 @@ def test_evaluate_parallel_both_directions():
 def test_read_lines_names_bad_line(tmp_path):
     path = tmp_path / "q.txt"
     path.write_bytes(b"ok\nstill ok\nbad \xff\n")
-    with pytest.raises(ValueError, match=r"q.txt:3: not valid UTF-8"):
+    with pytest.raises(UserError, match=r"q.txt:3: not valid UTF-8"):
         read_lines(path)
     assert read_lines(path, limit=2) == ["ok", "still ok"]
 

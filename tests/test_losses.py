@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dist_optical.config import ContrastiveConfig, OTConfig
-from dist_optical.losses import (
-    Objective,
+from dist_optical.models import Encoded
+from dist_optical.objectives import Objective
+from dist_optical.objectives.terms import (
     contrastive_loss,
     idf_table,
     mean_pairwise_cosine,
@@ -18,7 +19,6 @@ from dist_optical.losses import (
     token_cost,
     token_weights,
 )
-from dist_optical.models import Encoded
 
 E = torch.eye(4)  # one-hot token embeddings e0..e3
 
@@ -40,8 +40,6 @@ def test_token_cost_orthogonal_one_hot_tokens():
     torch.testing.assert_close(token_cost(t, s), expected)
     torch.testing.assert_close(token_cost(t, s, "sqeuclidean"), 2 * expected)  # |x - y|^2 = 2 - 2 cos
     torch.testing.assert_close(token_cost(3.0 * t, 0.5 * s), token_cost(t, s))  # scale-free
-    with pytest.raises(ValueError, match="ot.cost"):
-        token_cost(t, s, "euclidean")
 
 
 def test_token_cost_center_removes_the_shared_direction_and_ignores_padding():
@@ -116,8 +114,6 @@ def test_ot_loss_idf_marginals_need_tables_and_use_them():
     student = encoded(torch.stack([E[0], E[0]])[None], input_ids=torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="idf tables"):
         ot_loss(teacher, student, OTConfig(marginals="idf"))
-    with pytest.raises(ValueError, match="ot.marginals"):
-        ot_loss(teacher, student, OTConfig(marginals="zipf"))
     # Teacher weights [0.25, 0.75]: 0.75 of the mass sits on e1, which costs 1 against both e0s.
     idf = torch.tensor([1.0, 3.0])
     loss, _ = ot_loss(teacher, student, OTConfig(marginals="idf"), teacher_idf=idf, student_idf=idf)
@@ -135,8 +131,6 @@ def test_contrastive_loss_by_hand():
     # temperature 0.5 doubles the logits; norms do not matter (cosine).
     half = 0.5 * (math.log(math.exp(2) + 1) - 2 + math.log(math.exp(2) + 1))
     assert math.isclose(contrastive_loss(3 * s, t, 0.5, symmetric=False).item(), half, rel_tol=1e-6)
-    with pytest.raises(ValueError, match="temperature"):
-        contrastive_loss(s, t, 0.0)
 
 
 def test_contrastive_loss_gather_offsets_positives_by_rank():
@@ -195,20 +189,6 @@ def test_objective_skips_zero_weight_terms():
     assert math.isclose(stats["collapse/student_cos"], expected_cos, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("weights", "message"),
-    [
-        ({"ot": 1.0, "kl": 1.0}, "loss.kl: unknown loss term"),
-        ({"ot": 0.0, "mse": 0.0}, "every weight is zero"),
-        ({}, "every weight is zero"),
-        ({"mse": -1.0}, "loss.mse: weight must be >= 0"),
-    ],
-)
-def test_objective_rejects_bad_weights(weights, message):
-    with pytest.raises(ValueError, match=message):
-        Objective(weights, OTConfig(), ContrastiveConfig())
-
-
 def test_objective_names_the_non_finite_term():
     teacher, student = pair_batch()
     teacher.pooled = torch.full_like(teacher.pooled, float("inf"))  # breaks mse only; OT uses tokens
@@ -261,19 +241,3 @@ def test_ot_loss_unbalanced_and_eps_schedule_reach_the_solver():
     assert math.isclose(scheduled.item(), balanced.item(), rel_tol=1e-4)
     with pytest.raises(ValueError, match="schedule has"):
         ot_loss(teacher, student, OTConfig(eps=0.001, max_iters=3, eps_scaling=0.9))
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"rho": -1.0}, "ot.rho: must be > 0"),
-        ({"eps_scaling": 1.5}, "ot.eps_scaling: must be in"),
-        ({"eps": 0.0}, "ot.eps: must be > 0"),
-        ({"grad": "implicit"}, "ot.grad: expected one of"),
-        ({"cost": "l1"}, "ot.cost: expected one of"),
-    ],
-)
-def test_objective_checks_the_ot_config_up_front(change, message):
-    with pytest.raises(ValueError, match=message):
-        Objective({"ot": 1.0}, OTConfig(**change), ContrastiveConfig())
-    Objective({"mse": 1.0}, OTConfig(**change), ContrastiveConfig())  # unused when OT is off

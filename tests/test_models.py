@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from dist_optical.data.collate import tokenize
+from dist_optical.errors import UserError
 from dist_optical.models import (
     check_tokenizer_fits,
     encode,
@@ -10,7 +12,6 @@ from dist_optical.models import (
     pool,
     resolve_model_path,
     special_ids,
-    tokenize,
 )
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
@@ -22,14 +23,14 @@ def test_packaged_teacher_resolves_offline():
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a packaged model.*config.json"):
+    with pytest.raises(UserError, match="not a packaged model.*config.json"):
         resolve_model_path(str(tmp_path / "nope"))
 
 
 def test_tokenizer_model_mismatch_is_named():
     tokenizer = load_tokenizer("all-MiniLM-L6-v2")
     small = load_encoder("unused", TINY, vocab_size=100)
-    with pytest.raises(ValueError, match=r"student: tokenizer has 30522 tokens.*100"):
+    with pytest.raises(UserError, match=r"student: tokenizer has 30522 tokens.*100"):
         check_tokenizer_fits(tokenizer, small, "student")
     check_tokenizer_fits(tokenizer, load_encoder("unused", TINY, vocab_size=len(tokenizer)), "student")
 
@@ -52,5 +53,3 @@ def test_mean_pooling_ignores_padding():
     mask = torch.tensor([[1, 1, 0]])
     assert pool(hidden, mask, "mean").tolist() == [[2.0, 2.0]]
     assert pool(hidden, mask, "cls").tolist() == [[1.0, 1.0]]
-    with pytest.raises(ValueError, match="model.pooling"):
-        pool(hidden, mask, "max")

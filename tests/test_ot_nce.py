@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from dist_optical.config import ContrastiveConfig, OTConfig
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.dist import free_port
-from dist_optical.losses import Objective, ot_loss, ot_nce_loss, pad_tokens, pairwise_transport_cost
 from dist_optical.models import Encoded
+from dist_optical.objectives import Objective
+from dist_optical.objectives.terms import ot_loss, ot_nce_loss, pad_tokens, pairwise_transport_cost
 
 CFG = OTConfig(eps=0.1, max_iters=200, nce_temperature=0.1)
 WORLD, LOCAL = 2, 3

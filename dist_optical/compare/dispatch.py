@@ -11,20 +11,37 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import submitit
 
-from dist_optical.compare.runner import checked_plan, run_compare, unfinished
+from dist_optical.compare.runner import checked_plan, run_compare, run_folder, unfinished
+from dist_optical.engine.signals import StopRequest
 from dist_optical.launch.cluster import resolve_cluster
+from dist_optical.launch.job import Job
 from dist_optical.launch.submit import Resources, check_resources, job_resources, make_executor
+
+
+class CompareRunJob(Job):
+    """One run of a `compare` spec (train unless zero-shot, then evaluate), named by its folder.
+
+    A requeued task calls it again: the run resumes from its own checkpoints (or is skipped if its
+    result.json was written), so submitit's default `checkpoint()` is right.
+    """
+
+    def __init__(self, spec: Path, out: Path, folder: str) -> None:
+        self.spec = Path(spec)
+        self.out = Path(out)
+        self.folder = folder
+
+    def run(self, stop: StopRequest) -> dict[str, Any]:
+        return run_folder(self.spec, self.out, self.folder, stop)
 
 
 def submit_runs(
     spec_path: Path, out: Path, cluster: str, resources: Resources, max_requeues: int = 3
 ) -> list[tuple[submitit.Job, str]]:
     """Validate the spec and the cluster, then submit the unfinished runs -> (job, run folder) pairs."""
-    from dist_optical.launch.job import CompareRunJob
-
     out = out.resolve()
     spec, keys, configs = checked_plan(spec_path)
     todo = unfinished(out, keys, configs)

@@ -12,9 +12,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dist_optical.atomic import atomic_write
 from dist_optical.compare.spec import Spec
 from dist_optical.compare.stats import RESAMPLES
+from dist_optical.files import atomic_write
 
 DIRECTION = "src->tgt"
 

@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_optical.atomic import atomic_write
 from dist_optical.compare.report import significance, summarise, write_report
 from dist_optical.compare.spec import RunKey, Spec, load_spec, plan
-from dist_optical.config import Config, config_hash, config_to_dict
+from dist_optical.config import Config, ConfigError, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
+from dist_optical.engine.signals import StopRequest
+from dist_optical.files import atomic_write
 
 log = logging.getLogger("dist_optical.compare")
 
@@ -111,46 +112,35 @@ def unfinished(out: Path, keys: list[RunKey], configs: dict[RunKey, Config]) -> 
     return [key for key in keys if _finished(out / "runs" / key.folder(), config_hash(configs[key])) is None]
 
 
-def run_folder(spec_path: str | Path, out: Path, folder: str) -> dict[str, Any]:
+def run_folder(
+    spec_path: str | Path, out: Path, folder: str, stop: StopRequest | None = None
+) -> dict[str, Any]:
     """Train and evaluate the one run of the spec stored in ``runs/FOLDER`` (a job array task)."""
     spec, keys, configs = checked_plan(spec_path)
     key = next((k for k in keys if k.folder() == folder), None)
     if key is None:
-        raise ValueError(f"{spec.path}: no run is stored in runs/{folder}")
+        raise ConfigError(f"{spec.path}: no run is stored in runs/{folder}")
     evaluator = _LazyEvaluator(spec.language_config(key.language))
-    record, _ = run_one(key, configs[key], out / "runs" / folder, evaluator, spec.keep_models)
+    record, _ = run_one(key, configs[key], out / "runs" / folder, evaluator, spec.keep_models, stop)
     return {name: record[name] for name in ("folder", "config_hash", "eval_wall_s")}
 
 
 def check_configs(spec: Spec, configs: dict[RunKey, Config]) -> None:
-    """Fail before any training: each objective must build, and every run of a language must be
-    evaluated exactly as the language's zero-shot row is (same sets, same teacher, same length)."""
-    from dist_optical.evalsets import KINDS
-    from dist_optical.losses import Objective
-
+    """Fail before any training: every run of a language must be evaluated exactly as the language's
+    zero-shot row is (same sets, same teacher, same length). Each run's config is already validated
+    (spec.py), its objective included."""
     for key, cfg in configs.items():
-        if key.trains:
-            try:
-                Objective(cfg.loss, cfg.ot, cfg.contrastive)
-            except ValueError as err:
-                raise ValueError(f"{spec.path}: objectives.{key.objective}: {err}") from err
         reference = spec.language_config(key.language)
         for field in ("eval", "teacher", "max_length", "pooling", "tiny"):
             ours = cfg.eval if field == "eval" else getattr(cfg.model, field)
             theirs = reference.eval if field == "eval" else getattr(reference.model, field)
             if ours != theirs:
-                raise ValueError(
+                raise ConfigError(
                     f"{spec.path}: objectives.{key.objective} changes {field} for {key.language}: runs of a "
                     "language must be evaluated alike (set it in overrides or languages instead)"
                 )
-        for eval_set in cfg.eval.sets:
-            if eval_set.kind not in KINDS:
-                raise ValueError(
-                    f"{spec.path}: languages.{key.language}: eval set {eval_set.name!r}: kind "
-                    f"{eval_set.kind!r}: expected one of {', '.join(KINDS)}"
-                )
         if not cfg.eval.sets:
-            raise ValueError(f"{spec.path}: languages.{key.language}: eval.sets is empty")
+            raise ConfigError(f"{spec.path}: languages.{key.language}: eval.sets is empty")
 
 
 def check_split(language: str, cfg: Config) -> dict[str, Any]:
@@ -158,9 +148,9 @@ def check_split(language: str, cfg: Config) -> dict[str, Any]:
     eval verse: the split is by book, and it is checked on the keys, not assumed from the config."""
     from dist_optical.data import ShardStream
     from dist_optical.data.prepare import ensure_shards
-    from dist_optical.evalsets import check_disjoint, load_eval_set
+    from dist_optical.eval.sets import check_disjoint, load_eval_set
 
-    manifests = ensure_shards(cfg, is_main=True)
+    manifests = ensure_shards(cfg)
     train_keys = [sample["key"] for sample in ShardStream(manifests, shuffle=False)]
     split: dict[str, Any] = {
         "shards": [str(m.parent) for m in manifests],
@@ -189,8 +179,8 @@ class _LazyEvaluator:
 
     def get(self):
         if self._evaluator is None:
-            from dist_optical.evaluate import Encoder
-            from dist_optical.pipeline import Evaluator
+            from dist_optical.eval.evaluator import Evaluator
+            from dist_optical.models.encoder import Encoder
 
             model = self.cfg.model
             teacher = Encoder.from_config(model.teacher, model, tiny=True)
@@ -202,7 +192,12 @@ class _LazyEvaluator:
 
 
 def run_one(
-    key: RunKey, cfg: Config, run_dir: Path, evaluator: _LazyEvaluator, keep_models: bool
+    key: RunKey,
+    cfg: Config,
+    run_dir: Path,
+    evaluator: _LazyEvaluator,
+    keep_models: bool,
+    stop: StopRequest | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Train (unless zero-shot) and evaluate one run -> (its record, whether it was skipped)."""
     digest = config_hash(cfg)
@@ -224,10 +219,10 @@ def run_one(
     t0 = time.perf_counter()
     ranks: dict[str, list[int]] = {}
     if key.trains:
-        from dist_optical.evaluate import Encoder
+        from dist_optical.models.encoder import Encoder
         from dist_optical.train import train
 
-        summary = train(cfg, run_dir, resume="auto")
+        summary = train(cfg, run_dir, resume="auto", stop=stop)
         record["train_wall_s"] = time.perf_counter() - t0
         model = Encoder.from_config(summary["model"], cfg.model)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))

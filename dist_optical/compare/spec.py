@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from dist_optical.config import Config, ConfigError, _build, repo_path, validate
+from dist_optical.config import Config, ConfigError, build, repo_path, validate
 
 # The objective that trains nothing: the teacher itself encodes the foreign queries.
 ZERO_SHOT = None
@@ -79,7 +79,7 @@ class Spec:
         raw = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
         for layer in layers:
             raw = merge(raw, layer)
-        cfg = _build(Config, raw, f"{self.path} ({where})")
+        cfg = build(Config, raw, f"{self.path} ({where})")
         validate(cfg, f"{self.path} ({where})")
         return cfg
 
@@ -126,7 +126,7 @@ def load_spec(path: str | Path) -> Spec:
             for name, value in _mapping(raw["objectives"], path, "objectives").items()
         },
         grids={
-            name: _build(Grid, value, str(path), f"grids.{name}.")
+            name: build(Grid, value, str(path), f"grids.{name}.")
             for name, value in _mapping(raw["grids"], path, "grids").items()
         },
         keep_models=_typed(raw.get("keep_models", False), bool, path, "keep_models"),

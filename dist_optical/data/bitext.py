@@ -18,6 +18,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from dist_optical.errors import UserError
+from dist_optical.files import text_lines
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,7 +30,7 @@ class Pair(NamedTuple):
     tgt: str  # English sentence (teacher side)
 
 
-class BitextError(ValueError):
+class BitextError(UserError):
     """Input bitext that cannot be read; the message names the file (and line)."""
 
 
@@ -68,23 +71,6 @@ def read_bitext(
     )
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text without the line break); decoding per line so errors carry a line."""
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise BitextError(
-                    f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                ) from err
-            if lineno == 1:
-                text = text.removeprefix("\ufeff")
-            if "\x00" in text:  # a binary file, or a broken export: never stored silently
-                raise BitextError(f"{path}:{lineno}: contains a NUL byte (column {text.index(chr(0)) + 1})")
-            yield lineno, text.rstrip("\r\n")
-
-
 def _count_lines(path: Path) -> int:
     with path.open("rb") as f:
         return sum(1 for _ in f)
@@ -95,14 +81,15 @@ def _read_aligned(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
     n_src, n_tgt = _count_lines(src_path), _count_lines(tgt_path)
     if n_src != n_tgt:
         raise BitextError(f"line counts differ: {src_path} has {n_src} lines, {tgt_path} has {n_tgt}")
-    for (lineno, src), (_, tgt) in zip(_decoded_lines(src_path), _decoded_lines(tgt_path), strict=True):
+    lines = zip(text_lines(src_path, BitextError), text_lines(tgt_path, BitextError), strict=True)
+    for (lineno, src), (_, tgt) in lines:
         yield Pair(f"{src_path.stem}:{lineno}", src.strip(), tgt.strip())
 
 
 def _read_tsv(path: Path) -> Iterator[Pair]:
     n_cols = 0
     seen: dict[str, int] = {}
-    for lineno, line in _decoded_lines(path):
+    for lineno, line in text_lines(path, BitextError):
         cols = line.split("\t")
         if n_cols == 0:
             if len(cols) not in (2, 3):

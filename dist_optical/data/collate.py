@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from ..models import tokenize
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, prefix: str = ""
+) -> dict[str, Tensor]:
+    """Every text a model encodes goes through here: ``prefix`` (model.prefix) is prepended once."""
+    texts = [prefix + text for text in texts] if prefix else texts
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 def collate_text(samples: list[dict[str, str]]) -> dict[str, list[str]]:

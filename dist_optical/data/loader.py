@@ -19,12 +19,19 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dist_optical.compat import shutdown_loader_workers
+from dist_optical.errors import UserError
+
 from .collate import collate_text
 from .stream import ShardStream
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2: several sources (languages), their sizes and weights
+
+
+class DataStateError(UserError):
+    """A checkpoint's data state that does not fit this run's stream (other data, order or seed)."""
 
 
 class _EpochBatches(IterableDataset):
@@ -142,9 +149,7 @@ class ShardLoader:
             finally:
                 # Shut the workers down now, also when an error ends the epoch: its traceback holds
                 # the iterator, and the workers (which ignore SIGTERM) would outlive it until exit.
-                shutdown = getattr(epoch_batches, "_shutdown_workers", None)  # multi-process only
-                if shutdown is not None:
-                    shutdown()
+                shutdown_loader_workers(epoch_batches)
             self._check_current(generation)
             self._end_epoch()
 
@@ -191,13 +196,13 @@ class ShardLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()`` of a run over the same data, order and seed (any R, W, B)."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data state version {state.get('version')!r}, expected {STATE_VERSION}")
+            raise DataStateError(f"data state version {state.get('version')!r}, expected {STATE_VERSION}")
         mismatched = {k: (state.get(k), v) for k, v in self.stream.state().items() if state.get(k) != v}
         if mismatched:
             # A different order would silently repeat and skip pairs: refuse (saved, current).
-            raise ValueError(f"data state does not match this stream (saved, current): {mismatched}")
+            raise DataStateError(f"data state does not match this stream (saved, current): {mismatched}")
         if not 0 <= state["sample_in_epoch"] <= self.stream.num_pairs:
-            raise ValueError(
+            raise DataStateError(
                 f"sample_in_epoch {state['sample_in_epoch']} outside [0, {self.stream.num_pairs}]"
             )
         self._generation += 1

@@ -9,7 +9,6 @@ from pathlib import Path
 from dist_optical.config import BitextConfig, Config, data_path, repo_path
 from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
 from dist_optical.data.stream import ShardStream
-from dist_optical.engine.dist import barrier
 
 
 def shard_folder(cfg: Config, bitext: BitextConfig) -> Path:
@@ -26,9 +25,10 @@ def shard_folder(cfg: Config, bitext: BitextConfig) -> Path:
     return repo_path(cfg.data.shards) / f"{bitext.lang}-{cfg.data.tgt_lang}-{digest}"
 
 
-def ensure_shards(cfg: Config, is_main: bool) -> list[Path]:
-    """One manifest per language of ``data.bitexts``, built where missing or stale. Shards live on a
-    filesystem all ranks share (the run's repo or a cluster scratch path)."""
+def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
+    """One manifest per language of ``data.bitexts``, built where missing or stale when ``build`` (the
+    main rank; the others wait at a barrier, then read). Shards live on a filesystem all ranks share
+    (the run's repo or a cluster scratch path)."""
     manifests = []
     for bitext in cfg.data.bitexts:
         out = shard_folder(cfg, bitext)
@@ -40,10 +40,9 @@ def ensure_shards(cfg: Config, is_main: bool) -> list[Path]:
             max_chars=cfg.data.max_chars,
             exclude_books=tuple(cfg.data.exclude_books),
         )
-        if is_main and not shards_ready(out, inputs, **args):
+        if build and not shards_ready(out, inputs, **args):
             build_shards(inputs, out, **args)
         manifests.append(out / MANIFEST)
-    barrier()
     return manifests
 
 

@@ -34,9 +34,8 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
-from dist_optical import lock
-from dist_optical.atomic import atomic_write
 from dist_optical.errors import UserError
+from dist_optical.files import atomic_write, hold_lock
 
 from .bitext import Pair, read_bitext
 
@@ -57,7 +56,7 @@ _CONTENT_ARGS = (
 )
 
 
-class ShardReadError(ValueError):
+class ShardReadError(UserError):
     """A shard that cannot be read to its end; the message names the shard and the last good key."""
 
     def __init__(self, url: str, detail: str) -> None:
@@ -96,7 +95,7 @@ def plan_shards(pairs: Sequence[Pair], pairs_per_shard: int, max_shard_bytes: in
     Like webdataset's ShardWriter(maxcount, maxsize), but planned up front so shards can be written
     in parallel."""
     if pairs_per_shard <= 0 and max_shard_bytes <= 0:
-        raise ValueError("set pairs_per_shard or max_shard_bytes (> 0) to bound the shard size")
+        raise ShardFolderError("set pairs_per_shard or max_shard_bytes (> 0) to bound the shard size")
     shards: list[list[Pair]] = []
     current: list[Pair] = []
     size = 0
@@ -182,7 +181,7 @@ def build_shards(
     chunks = plan_shards(pairs, pairs_per_shard, max_shard_bytes)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with lock.hold(out_dir.parent / f".{out_dir.name}.lock", f"shard {out_dir}"):
+    with hold_lock(out_dir.parent / f".{out_dir.name}.lock", f"shard {out_dir}"):
         foreign = _foreign_files(out_dir)
         if foreign:
             raise ShardFolderError(
@@ -271,7 +270,7 @@ def _check_unique_keys(pairs: Sequence[Pair], inputs: Sequence[Path]) -> None:
     for pair in pairs:
         key = safe_key(pair.key)
         if key in seen:
-            raise ValueError(
+            raise ShardFolderError(
                 f"{[str(p) for p in inputs]}: keys {seen[key]!r} and {pair.key!r} "
                 f"collide as shard key {key!r}"
             )
@@ -296,7 +295,7 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
         path = path / MANIFEST
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
+        raise ShardFolderError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
     return manifest
 
 
@@ -307,7 +306,7 @@ def shards_ready(out_dir: Path | str, inputs: Sequence[Path | str], **build_args
     out_dir = Path(out_dir)
     try:
         manifest = load_manifest(out_dir)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ShardFolderError):  # missing, unreadable, or another format version
         return False
     if [s["sha256"] for s in manifest["sources"]] != [sha256_file(Path(p)) for p in inputs]:
         return False

@@ -35,7 +35,8 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 
-from dist_optical.config import ON_ERROR
+from dist_optical.config import OnError
+from dist_optical.errors import UserError
 
 from .shards import MANIFEST, ShardReadError, load_manifest, read_shard
 
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 Sample = dict[str, str]
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A bad sample or shard; ``kind`` (corrupt_shard, missing_field, bad_utf8) keys the skip counts."""
 
     def __init__(self, message: str, kind: str = "corrupt_shard") -> None:
@@ -114,7 +115,7 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         shuffle: bool = True,
         shuffle_buffer: int = 1000,
-        on_error: str = "raise",
+        on_error: OnError = "raise",
         max_pairs: int = 0,
         weights: Sequence[float] | None = None,
         temperature: float = 1.0,
@@ -122,8 +123,6 @@ class ShardStream(IterableDataset):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle, self.shuffle_buffer, self.on_error = shuffle, max(1, shuffle_buffer), on_error
         self.epoch = 0
@@ -169,7 +168,7 @@ class ShardStream(IterableDataset):
         if path.is_dir() or source.endswith(".json"):
             manifest_path = path / MANIFEST if path.is_dir() else path
             if not manifest_path.is_file():
-                raise FileNotFoundError(f"shard manifest not found: {manifest_path}")
+                raise ShardError(f"shard manifest not found: {manifest_path}", "missing_shard")
             manifest = load_manifest(manifest_path)
             urls = [str(manifest_path.parent / s["name"]) for s in manifest["shards"]]
             self._check_files(urls, [s["bytes"] for s in manifest["shards"]])
@@ -191,7 +190,7 @@ class ShardStream(IterableDataset):
                 continue
             path = Path(url.removeprefix("file:"))
             if not path.is_file():
-                raise FileNotFoundError(f"shard not found: {path}")
+                raise ShardError(f"shard not found: {path}", "missing_shard")
             if size is not None and path.stat().st_size != size:
                 actual = path.stat().st_size
                 msg = f"shard {path}: {actual} bytes, manifest says {size} (truncated or replaced?)"

@@ -24,18 +24,16 @@ from typing import Any
 
 import torch
 
-from dist_optical.atomic import atomic_write
+from dist_optical.config import resume_sensitive
 from dist_optical.engine.dist import barrier
 from dist_optical.errors import UserError
+from dist_optical.files import atomic_write
 
 log = logging.getLogger("dist_optical.checkpoint")
 
 LATEST = "latest"
 # Per tag, written last: step, world size, ZeRO stage, and every file's size and sha256.
 META = "dist_optical.json"
-
-# Changing these between save and resume would silently train a different thing.
-RESUME_SENSITIVE = ("model", "loss", "ot", "contrastive", "data.bitexts", "data.tgt_lang")
 
 
 def tag_for(step: int) -> str:
@@ -197,19 +195,20 @@ def resolve_resume(resume: str, run_dir: Path, what: str = "--resume") -> tuple[
         return path.parent, path.name
     if path.is_dir() and tags(path):  # a checkpoints folder: its newest complete tag (or an error)
         return path, newest_complete(path)
-    raise FileNotFoundError(
+    raise CheckpointError(
         f"{what} {resume}: no checkpoint there (expected RUN/checkpoints or RUN/checkpoints/stepNNNNNN)"
     )
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise naming the first resume-sensitive field whose value changed since the checkpoint."""
-    for dotted in RESUME_SENSITIVE:
+    """Raise naming the first resume-sensitive field (``resume=True`` in config.py) whose value changed
+    since the checkpoint."""
+    for dotted in resume_sensitive():
         old, new = saved, current
         for part in dotted.split("."):
             old, new = (old or {}).get(part), (new or {}).get(part)
         if old != new:
-            raise ValueError(
+            raise CheckpointError(
                 f"cannot resume: config field {dotted!r} changed since the checkpoint ({old!r} -> {new!r}); "
                 "start a new run folder instead"
             )

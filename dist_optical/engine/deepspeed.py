@@ -15,17 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from dist_optical.config import TrainConfig, repo_path
+from dist_optical.compat import zero_master_weights
+from dist_optical.config import ConfigError, TrainConfig, repo_path
 
 
 def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
     path = repo_path(train.deepspeed)
     if not path.is_file():
-        raise FileNotFoundError(f"train.deepspeed: DeepSpeed config {path} not found")
+        raise ConfigError(f"train.deepspeed: DeepSpeed config {path} not found")
     try:
         ds = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from err
+        raise ConfigError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from err
     ds = copy.deepcopy(ds)
     global_batch = train.micro_batch_size * train.grad_accum * world_size
     for key, expected in (
@@ -34,7 +35,7 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
         ("train_batch_size", global_batch),
     ):
         if key in ds and ds[key] != "auto" and ds[key] != expected:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: {key}={ds[key]} disagrees with the run config ({expected} = train.micro_batch_size "
                 f"{train.micro_batch_size} x train.grad_accum {train.grad_accum} x world size {world_size}); "
                 'remove it from the JSON or set it to "auto"'
@@ -50,8 +51,6 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
             warmup_max_lr=train.lr,
             warmup_num_steps=max(1, train.warmup_steps),  # DeepSpeed's WarmupDecayLR needs >= 1
         )
-    if train.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision: expected 'fp32' or 'bf16', got {train.precision!r}")
     ds["bf16"] = {"enabled": train.precision == "bf16"}
     return ds
 
@@ -97,14 +96,9 @@ def memory_footprint(engine) -> dict[str, float]:
     def mib(tensors) -> float:
         return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
-    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer inside ZeRO's
     moments = [t for state in base.state.values() for t in state.values() if torch.is_tensor(t) and t.dim()]
-    if base is engine.optimizer:  # stage 0: the module's parameters are the master weights
-        masters = []
-    else:  # ZeRO-3 keeps its fp32 partitions outside the base optimizer's param groups between steps
-        masters = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [
-            p for group in base.param_groups for p in group["params"]
-        ]
+    masters = zero_master_weights(engine)
     return {
         "mem/params_mib": mib(getattr(p, "ds_tensor", p) for p in engine.module.parameters()),
         "mem/optimizer_mib": mib(masters) + mib(moments),

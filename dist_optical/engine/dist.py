@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from dist_optical.compat import skip_deepspeed_op
+from dist_optical.errors import UserError
+
+# What torchrun (or the deepspeed launcher) exports: all of them, or none.
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Every variable that shapes a process's distributed setup (a test clears them all).
+DIST_VARS = (*TORCHRUN_VARS, "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,10 @@ def free_port() -> int:
 
 def detect() -> DistEnv:
     """Read the launcher's environment and export the torch `env://` variables DeepSpeed needs."""
-    present = [name for name in _TORCHRUN_VARS if name in os.environ]
-    if present and len(present) < len(_TORCHRUN_VARS):
-        missing = [name for name in _TORCHRUN_VARS if name not in os.environ]
-        raise RuntimeError(
+    present = [name for name in TORCHRUN_VARS if name in os.environ]
+    if present and len(present) < len(TORCHRUN_VARS):
+        missing = [name for name in TORCHRUN_VARS if name not in os.environ]
+        raise UserError(
             f"partial distributed environment: {', '.join(present)} set but {', '.join(missing)} missing; "
             "launch with torchrun/deepspeed, under SLURM, or with none of these set"
         )
@@ -88,10 +94,9 @@ def _skip_shm_comm_op() -> None:
     takes a lock file in the torch extensions cache: a process killed there leaves the lock behind
     and every later run on the machine waits on it forever.
     """
-    import deepspeed.ops
     from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 
-    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    skip_deepspeed_op(ShareMemCommBuilder.NAME)
 
 
 def device() -> torch.device:
@@ -103,6 +108,16 @@ def device() -> torch.device:
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any (one tiny MAX all-reduce; no-op alone)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return flag
+    # On the accelerator: an NCCL-only process group cannot reduce CPU tensors.
+    packed = torch.tensor([1.0 if flag else 0.0], device=device())
+    torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
+    return bool(packed.item())
 
 
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:

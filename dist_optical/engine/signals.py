@@ -1,17 +1,16 @@
-"""Preemption: a signal only sets a flag; the loop checks it at step boundaries, saves, and exits.
+"""Preemption: a signal only sets a flag; the loop checks it at step boundaries, saves, and stops.
 
 Saving inside a signal handler could interrupt a collective half-way; a flag keeps every rank's
-save at the same step. The flag is agreed across ranks (max all-reduce) so they stop together.
+save at the same step. The loop agrees on it across ranks (`dist.any_rank`) so they stop together,
+then raises `Preempted`, which the CLI and the submitit job turn into exit 75.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-
-import torch
-
-from dist_optical.engine.dist import device
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("dist_optical.signals")
 
@@ -21,21 +20,40 @@ PREEMPTED_EXIT_CODE = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
+class Preempted(Exception):  # noqa: N818 (a stop, not an error: the run resumes from it)
+    """Training stopped on a signal after checkpointing ``step``: resume with ``--resume auto``."""
+
+    def __init__(self, step: int, signum: int | None) -> None:
+        name = signal.Signals(signum).name if signum is not None else "a signal on another rank"
+        super().__init__(f"stopped by {name}: checkpointed at step {step}")
+        self.step = step
+
+
 class StopRequest:
+    """The flag the stop signals set. Created by whoever runs the trainer (the CLI, a submitit job,
+    which also hands it to its requeue bridge); its handlers are installed while the loop runs."""
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
-    def install(self) -> StopRequest:
+    @property
+    def listening(self) -> bool:
+        """Whether the loop is running with this flag's handlers installed."""
+        return bool(self._previous)
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handlers in place for the block; the previous ones back afterwards, however it ends (so
+        Ctrl-C during evaluation interrupts at once again)."""
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def restore(self) -> None:
-        """Put the handlers back (after training: Ctrl-C during evaluation interrupts at once again)."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+        try:
+            yield self
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.signum is not None:
@@ -44,11 +62,3 @@ class StopRequest:
         log.warning(
             "received %s: will checkpoint and exit at the next step boundary", signal.Signals(signum).name
         )
-
-    def agreed(self) -> bool:
-        """True on every rank if any rank was signalled (one tiny all-reduce per step)."""
-        # On the accelerator: an NCCL-only process group cannot reduce CPU tensors.
-        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=device())
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())

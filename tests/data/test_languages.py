@@ -10,6 +10,7 @@ from test_stream import epoch_keys  # tests/data is on sys.path (no __init__.py)
 
 from dist_optical.data import ShardLoader, ShardStream, build_shards
 from dist_optical.data.stream import language_weights
+from dist_optical.errors import UserError
 
 SIZES = {"wol": 61, "ewe": 149, "zul": 293}  # uneven, none a multiple of R x B
 
@@ -109,9 +110,9 @@ def test_resume_with_other_weights_or_languages_is_refused(sources):
     loader = ShardLoader(ShardStream(sources, weights=[3, 1, 1]), 4)
     next(iter(loader))
     state = loader.state_dict()
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(UserError, match="weights"):
         ShardLoader(ShardStream(sources, weights=[1, 1, 1]), 4).load_state_dict(state)
-    with pytest.raises(ValueError, match="languages"):
+    with pytest.raises(UserError, match="languages"):
         ShardLoader(ShardStream(sources[:2], weights=[3, 1]), 4).load_state_dict(state)
 
 

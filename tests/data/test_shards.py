@@ -9,6 +9,7 @@ import pytest
 from dist_optical.data import build_shards, shards_ready
 from dist_optical.data import shards as shards_mod
 from dist_optical.data.shards import load_manifest, plan_shards, read_shard
+from dist_optical.errors import UserError
 
 
 def bitext(tmp_path: Path, n: int, extra: list[tuple[str, str]] = ()) -> list[Path]:
@@ -66,7 +67,7 @@ def test_byte_target(tmp_path):
     assert sizes == [10_240] * 66 + [10_240] and max(sizes) <= 20_000
     manifest = build_shards(inputs, tmp_path / "s", "swh", "eng", pairs_per_shard=0, max_shard_bytes=20_480)
     assert {s["pairs"] for s in manifest["shards"]} == {6, 200 % 6} and len(manifest["shards"]) == 34
-    with pytest.raises(ValueError, match="pairs_per_shard or max_shard_bytes"):
+    with pytest.raises(UserError, match="pairs_per_shard or max_shard_bytes"):
         plan_shards([], 0, 0)
 
 
@@ -117,5 +118,5 @@ def test_shards_ready_checks_sources_args_and_files(tmp_path):
 def test_key_collision_is_an_error(tmp_path):
     tsv = tmp_path / "k.tsv"
     tsv.write_text("a.b\tx\ty\na_b\tz\tw\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="collide"):
+    with pytest.raises(UserError, match="collide"):
         build_shards([tsv], tmp_path / "s", "swh", "eng")

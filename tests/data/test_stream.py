@@ -19,6 +19,7 @@ from dist_optical.config import REPO_ROOT
 from dist_optical.data import ShardLoader, ShardStream, build_shards
 from dist_optical.data.shards import read_shard, sha256_file
 from dist_optical.data.stream import ShardError, partition
+from dist_optical.errors import UserError
 
 N_PAIRS = 203  # prime: never a multiple of world_size x batch_size
 
@@ -207,7 +208,7 @@ def test_resume_anywhere_property(shard_dir, stop, world, batch, new_world, new_
 def test_state_from_another_order_is_refused(shard_dir):
     state = ShardLoader(ShardStream(shard_dir, seed=0), 4).state_dict()
     for kwargs in ({"seed": 1}, {"max_pairs": 100}, {"shuffle_buffer": 10}):
-        with pytest.raises(ValueError, match="does not match"):
+        with pytest.raises(UserError, match="does not match"):
             ShardLoader(ShardStream(shard_dir, **kwargs), 4).load_state_dict(state)
 
 
@@ -242,9 +243,9 @@ def test_missing_shard_fails_at_construction(shard_dir, tmp_path):
     for p in shard_dir.iterdir():
         (copy / p.name).write_bytes(p.read_bytes())
     (copy / "swh-eng-000003.tar").unlink()
-    with pytest.raises(FileNotFoundError, match="swh-eng-000003.tar"):
+    with pytest.raises(UserError, match="swh-eng-000003.tar"):
         ShardStream(copy / "manifest.json")
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(UserError, match="manifest"):
         ShardStream(tmp_path)
 
 

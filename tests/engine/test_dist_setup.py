@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from train.helpers import cli_env
+from helpers import cli_env
 
 from dist_optical.config import REPO_ROOT
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train.helpers import TINY, cli_env, read_metrics, run_train, train_cmd  # tests/ is on sys.path
+from helpers import TINY, cli_env, read_metrics, run_train, train_cmd
 
 from dist_optical.config import REPO_ROOT
 
@@ -129,12 +129,11 @@ def test_shard_refuses_a_folder_with_foreign_files(tmp_path):
 
 
 def test_a_second_shard_build_on_one_folder_fails_at_once(tmp_path):
-    from dist_optical import lock
     from dist_optical.data import build_shards
-    from dist_optical.lock import FolderInUse
+    from dist_optical.files import FolderInUse, hold_lock
 
     out = tmp_path / "shards"
-    held = lock.hold(tmp_path / ".shards.lock", "shard (another build)")
+    held = hold_lock(tmp_path / ".shards.lock", "shard (another build)")
     with held, pytest.raises(FolderInUse, match=r"in use by shard \(another build\)"):
         build_shards([SWAHILI, ENGLISH], out, "swh", "eng")
     assert not out.exists()
@@ -147,7 +146,7 @@ def altered_shards(tmp_path: Path) -> Path:
     from dist_optical.data.prepare import ensure_shards
 
     cfg = load_config(TINY)
-    sources = [manifest.parent for manifest in ensure_shards(cfg, is_main=True)]  # swh, wol
+    sources = [manifest.parent for manifest in ensure_shards(cfg)]  # swh, wol
     root = tmp_path / "shards"
     for source in sources:  # same config, so the same folder names under the new data.shards
         shutil.copytree(source, root / source.name)
@@ -256,7 +255,7 @@ def test_a_non_finite_loss_stops_with_its_own_status(tmp_path):
         (("train.max_steps=-5",), ("'train.max_steps'", "expected > 0")),
         (("train.lr=-1e-4",), ("'train.lr'", "expected > 0")),
         (("ot.grad=sideways",), ("'ot.grad'", "envelope, unrolled")),
-        (("loss={otto: 1.0}",), ("'loss.otto'", "a loss term")),
+        (("loss={otto: 1.0}",), ("'loss.otto'", "expected one of ot, ot_nce")),
         (("model.pooling=max",), ("'model.pooling'", "mean, cls")),
     ],
 )

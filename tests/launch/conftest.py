@@ -2,11 +2,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import LONG_RUN, RUN, TINY, cli_env, read_metrics
 
 from dist_optical.config import REPO_ROOT
 from dist_optical.engine.dist import free_port
-
-from .helpers import LONG_RUN, RUN, TINY, launch_env, read_metrics
 
 
 def torchrun_reference(out, run: tuple[str, ...]):
@@ -19,7 +18,7 @@ def torchrun_reference(out, run: tuple[str, ...]):
         f"--master_port={free_port()}",
     ]
     cmd = [*torchrun, "-m", "dist_optical", "train", f"--config={TINY}", f"--out={out}", *run]
-    proc = subprocess.run(cmd, env=launch_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=cli_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 

@@ -5,11 +5,10 @@ import sys
 
 import pytest
 import torch
+from helpers import RUN, TINY, assert_same_run, cli_env
 
 from dist_optical.config import REPO_ROOT
 from dist_optical.engine.dist import free_port
-
-from .helpers import RUN, TINY, assert_same_run, launch_env
 
 pytestmark = pytest.mark.multiproc
 
@@ -25,7 +24,7 @@ def test_accelerate_launch_zero2_two_processes(tmp_path, reference):
         *train,
         "train.deepspeed=configs/ds/zero2.json",
     ]
-    proc = subprocess.run(cmd, env=launch_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=cli_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The engine really ran ZeRO-2 on 2 ranks (the reference is ZeRO-1: identical numbers in fp32).
     states = torch.load(out / "checkpoints" / "step000012" / "mp_rank_00_model_states.pt", weights_only=False)

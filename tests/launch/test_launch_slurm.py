@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import DIST_VARS, LONG_RUN, TINY, assert_same_run, read_metrics, resumed_steps, wait_for_steps
 
 from dist_optical.config import REPO_ROOT
 from dist_optical.launch.submit import Resources, submit
-
-from .helpers import DIST_VARS, LONG_RUN, TINY, assert_same_run, read_metrics, resumed_steps, wait_for_steps
 
 pytestmark = pytest.mark.multiproc
 

@@ -6,10 +6,12 @@ import signal
 import stat
 
 import pytest
+from helpers import TINY
 
 from dist_optical.cli import main
 from dist_optical.config import ConfigError
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, StopRequest
+from dist_optical.errors import UserError
 from dist_optical.launch.cluster import SubmitError
 from dist_optical.launch.job import TrainJob
 from dist_optical.launch.preempt import PreemptBridge
@@ -24,8 +26,6 @@ from dist_optical.launch.submit import (
     submit,
     sweep_points,
 )
-
-from .helpers import TINY
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,8 @@ def fake_slurm(tmp_path, monkeypatch):
     """`srun`/`sinfo` stand-ins on PATH: a cluster with partitions 'gpu' (default) and 'cpu'."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in {"sinfo": "printf 'gpu*\\ncpu\\n'", "srun": "exit 1"}.items():
+    fakes = {"sinfo": "printf 'gpu*\\ncpu\\n'", "srun": "exit 1", "sbatch": "echo 'Submitted batch job 4242'"}
+    for name, body in fakes.items():
         path = bin_dir / name
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -119,8 +120,9 @@ def test_sbatch_file_gets_one_task_per_gpu_and_an_early_usr2(fake_slurm, tmp_pat
         qos="high",
         constraint="a100",
     )
-    executor = make_executor(tmp_path / "%j", "slurm", res, max_requeues=7, name="dist-optical-x")
-    sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
+    sbatch = submitted_script(
+        make_executor(tmp_path / "a" / "%j", "slurm", res, max_requeues=7, name="dist-optical-x")
+    )
     for flag in (
         "--nodes=2",
         "--ntasks-per-node=4",
@@ -136,9 +138,14 @@ def test_sbatch_file_gets_one_task_per_gpu_and_an_early_usr2(fake_slurm, tmp_pat
         "--job-name=dist-optical-x",
     ):
         assert f"#SBATCH {flag}" in sbatch
-    assert executor._executor.max_num_timeout == 7
-    cpu_only = make_executor(tmp_path / "%j", "slurm", Resources(), max_requeues=1, name="x")
-    assert "gpus" not in cpu_only._executor._make_submission_file_text("python -m x", "uid")
+    cpu_only = make_executor(tmp_path / "b" / "%j", "slurm", Resources(), max_requeues=1, name="x")
+    assert "gpus" not in submitted_script(cpu_only)
+
+
+def submitted_script(executor) -> str:
+    """What submitit hands to (the fake) sbatch, through its public submit()."""
+    job = executor.submit(print, "never runs")
+    return job.paths.submission_file.read_text()
 
 
 def test_missing_partition_is_reported_before_submitting(fake_slurm, tmp_path):
@@ -171,7 +178,7 @@ def test_bad_config_fails_before_anything_is_queued(tmp_path):
 
 def test_resume_path_without_checkpoint_fails_before_submitting(tmp_path):
     (tmp_path / "old" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+    with pytest.raises(UserError, match="no checkpoint there"):
         submit(
             TINY,
             [],
@@ -196,8 +203,10 @@ def complete_tag(tag_dir):
 def test_resuming_a_run_with_another_model_fails_before_submitting(tmp_path):
     out = tmp_path / "run"
     complete_tag(out / "checkpoints" / "step000004")
-    (out / "config.yaml").write_text("model: {max_length: 16}\n")
-    with pytest.raises(ValueError, match="cannot resume: config field 'model' changed"):
+    from dist_optical.config import load_config, save_config
+
+    save_config(load_config(TINY, ["model.max_length=16"]), out / "config.yaml")  # the run's, but one field
+    with pytest.raises(UserError, match="cannot resume: config field 'model' changed"):
         submit(TINY, [], out, Resources(), cluster="local")
     assert not (out / "submitit").exists()
 
@@ -238,28 +247,38 @@ def signal_handlers():
 
 
 def test_usr2_becomes_a_step_boundary_stop_and_then_submitits_requeue(signal_handlers):
-    bridge = PreemptBridge().install()
-    stop = StopRequest().install()  # what train() does once the model is built
-    os.kill(os.getpid(), signal.SIGUSR2)
-    assert stop.signum == signal.SIGUSR2 and signal_handlers == []  # nothing requeued mid-step
-    bridge.requeue_if_asked()  # after the trainer's checkpoint and exit 75
+    stop = StopRequest()  # what the job makes, and hands to both the bridge and the trainer
+    bridge = PreemptBridge(stop).install()
+    with stop.installed():  # the training loop
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.signum == signal.SIGUSR2 and signal_handlers == []  # nothing requeued mid-step
+    bridge.requeue_if_asked()  # after the trainer's checkpoint and Preempted
     assert signal_handlers == [signal.SIGUSR2]
 
 
 @pytest.mark.parametrize("order", [(signal.SIGUSR2, signal.SIGTERM), (signal.SIGTERM, signal.SIGUSR2)])
 def test_sigterm_leaves_the_requeue_to_slurm(signal_handlers, order):
-    bridge = PreemptBridge().install()
-    StopRequest().install()
-    for signum in order:  # SIGTERM: scontrol requeue, preemption, scancel
-        os.kill(os.getpid(), signum)
+    stop = StopRequest()
+    bridge = PreemptBridge(stop).install()
+    with stop.installed():
+        for signum in order:  # SIGTERM: scontrol requeue, preemption, scancel
+            os.kill(os.getpid(), signum)
     bridge.requeue_if_asked()
-    assert signal_handlers == []
+    assert stop.signum == signal.SIGTERM and signal_handlers == []
 
 
-def test_usr2_before_training_requeues_at_once(signal_handlers):
-    PreemptBridge().install()
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # no StopRequest yet: still loading
+def test_usr2_outside_the_training_loop_requeues_at_once(signal_handlers):
+    PreemptBridge(StopRequest()).install()  # the loop has not started: its handlers are not installed
     with pytest.raises(SystemExit) as exit_info:
         os.kill(os.getpid(), signal.SIGUSR2)
     assert exit_info.value.code == PREEMPTED_EXIT_CODE
     assert signal_handlers == [signal.SIGUSR2]
+
+
+def test_the_stop_handlers_are_restored_however_the_loop_ends(signal_handlers):
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest()
+    with pytest.raises(RuntimeError), stop.installed():
+        assert signal.getsignal(signal.SIGTERM) != before
+        raise RuntimeError("a bug mid-training")
+    assert signal.getsignal(signal.SIGTERM) == before and not stop.listening

@@ -8,8 +8,10 @@ from sentence_transformers import SentenceTransformer
 
 from dist_optical.config import load_config
 from dist_optical.data import PairCollator
-from dist_optical.evaluate import Encoder
-from dist_optical.models import load_encoder, load_tokenizer, tokenize
+from dist_optical.data.collate import tokenize
+from dist_optical.errors import UserError
+from dist_optical.models import load_encoder, load_tokenizer
+from dist_optical.models.encoder import Encoder
 from dist_optical.models.package import save_student
 from dist_optical.models.vocab import (
     TrimmedEmbedding,
@@ -79,7 +81,7 @@ def test_kept_ids_file_round_trip_and_tamper_check(tokenizer, tmp_path):
     record = json.loads((tmp_path / "vocab.json").read_text())
     record["kept_ids"][0] += 1
     (tmp_path / "vocab.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="vocab.json: kept ids do not match"):
+    with pytest.raises(UserError, match="vocab.json: kept ids do not match"):
         load_kept_ids(tmp_path / "vocab.json")
     assert not list(tmp_path.glob("*.tmp"))
 

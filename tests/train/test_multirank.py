@@ -1,8 +1,7 @@
 """2 gloo ranks under torchrun: every ZeRO stage trains the same, and resume is elastic."""
 
 import pytest
-
-from .helpers import free_port, read_metrics, run_module, run_train, train_args
+from helpers import free_port, read_metrics, run_module, run_train, train_args
 
 pytestmark = pytest.mark.multiproc
 
@@ -24,14 +23,19 @@ def stage_runs(tmp_path_factory):
     return runs
 
 
-def test_every_zero_stage_trains_identically_on_two_ranks(stage_runs):
+def test_every_zero_stage_trains_alike_on_two_ranks(stage_runs):
     losses = {stage: [m["loss"] for m in read_metrics(out)] for stage, out in stage_runs.items()}
     assert len(losses[0]) == 12
     assert sum(losses[0][-4:]) < sum(losses[0][:4])
-    for stage in (1, 2, 3):  # fp32: partitioning optimizer state/gradients/weights changes no number
-        assert losses[stage] == pytest.approx(losses[0], rel=1e-5, abs=1e-6), stage
+    for stage in (1, 2, 3):  # fp32: partitioning changes the gradient reduction's order, nothing else
+        assert losses[stage] == pytest.approx(losses[0], rel=0, abs=1e-5), stage  # seen: < 1e-6
     for out in stage_runs.values():
         assert (out / "model" / "model.safetensors").is_file()
+    # What each rank holds (compat.zero_master_weights reads it): at ZeRO-0 two Adam moments of every
+    # parameter; at ZeRO >= 1 fp32 masters + moments of half of them on each of the 2 ranks: 3/4.
+    state = {stage: read_metrics(out)[-1]["mem/optimizer_mib"] for stage, out in stage_runs.items()}
+    for stage in (1, 2, 3):
+        assert state[stage] / state[0] == pytest.approx(0.75, abs=0.05), state
 
 
 @pytest.mark.parametrize("stage", [2, 3])

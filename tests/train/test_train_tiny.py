@@ -6,11 +6,11 @@ import time
 
 import pytest
 import torch
+from helpers import TINY, cli_env, read_metrics, run_train, train_cmd
 from transformers import AutoModel
 
+from dist_optical.config import load_config
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE
-
-from .helpers import cli_env, read_metrics, run_train, train_cmd
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +120,15 @@ def test_sigterm_to_the_whole_job_checkpoints_and_exits_75(tmp_path):
 
 
 def test_bf16_trains_and_exports(tmp_path):
-    run_train(tmp_path, "train.max_steps=16", "train.precision=bf16")
-    losses = [m["loss"] for m in read_metrics(tmp_path)]
-    assert all(loss == loss for loss in losses)  # no NaN
-    assert sum(losses[-4:]) < sum(losses[:4])
-    assert AutoModel.from_pretrained(tmp_path / "model").config.hidden_size == 32
+    run_train(tmp_path / "bf16", "train.max_steps=16", "train.precision=bf16")
+    run_train(tmp_path / "fp32", "train.max_steps=16")
+    bf16, fp32 = ([m["loss"] for m in read_metrics(tmp_path / name)] for name in ("bf16", "fp32"))
+    assert bf16 != fp32  # bf16 took effect: rounding moves the losses...
+    assert sum(bf16) == pytest.approx(sum(fp32), rel=0.05)  # ...but not the training
+    assert sum(bf16[-4:]) < sum(bf16[:4])
+    model = AutoModel.from_pretrained(tmp_path / "bf16" / "model")
+    assert model.config.hidden_size == load_config(TINY).model.tiny["hidden_size"]
+    assert all(param.dtype == torch.float32 for param in model.parameters())  # exported from fp32 masters
 
 
 def test_crash_mid_save_leaves_the_previous_checkpoint_to_resume(uninterrupted, tmp_path):

@@ -1,14 +1,19 @@
-"""Shared by the launcher tests: every launcher runs the same tiny 2-rank job, compared bit for bit."""
+"""Shared by every test that runs the real CLI in a subprocess (training initialises
+torch.distributed, which must not leak into the pytest process); the launcher tests run the same
+tiny 2-rank job under each launcher and compare it bit for bit."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from dist_optical.config import REPO_ROOT
+from dist_optical.engine.dist import DIST_VARS, free_port  # noqa: F401  (re-exported for tests)
 
 TINY = REPO_ROOT / "configs" / "tiny.yaml"
 # 12 steps (3 epochs of 4 steps on 2 ranks), periodic checkpoints at 4 and 8.
@@ -16,18 +21,9 @@ RUN = ("train.max_steps=12", "train.save_every=4")
 # For two stops in one run: after a resume the tiny model does ~12 steps/s, so 12 steps could end
 # before a second signal lands (seen once in CI); 48 leave it ~3 s.
 LONG_RUN = ("train.max_steps=48", "train.save_every=16")
-DIST_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
 
 
-def launch_env() -> dict[str, str]:
+def cli_env() -> dict[str, str]:
     """The pytest environment minus any torch.distributed variables, one thread per rank.
 
     OMP_NUM_THREADS=1 everywhere: torchrun sets it for several local ranks but not for one, and a
@@ -36,6 +32,32 @@ def launch_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return env
+
+
+def train_args(out: Path, *overrides: str, config: Path = TINY, resume: str = "") -> list[str]:
+    """Arguments after `python -m` (or a launcher's `-m`) for one training run."""
+    args = ["dist_optical", "train", "--config", str(config), "--out", str(out)]
+    return args + (["--resume", resume] if resume else []) + list(overrides)
+
+
+def train_cmd(out: Path, *overrides: str, resume: str = "") -> list[str]:
+    return [sys.executable, "-m", *train_args(out, *overrides, resume=resume)]
+
+
+def run_module(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m ARGS` in the test environment; a failure shows the tail of its stderr."""
+    proc = subprocess.run([sys.executable, "-m", *args], env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT)  # fmt: skip
+    assert proc.returncode == 0, (
+        f"python -m {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
+    return proc
+
+
+def run_train(
+    out: Path, *overrides: str, resume: str = "", timeout: int = 900
+) -> subprocess.CompletedProcess:
+    return run_module(*train_args(out, *overrides, resume=resume), timeout=timeout)
 
 
 def read_metrics(out: Path) -> list[dict]:

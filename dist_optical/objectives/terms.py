@@ -17,14 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dist_optical.config import LOSS_TERMS, OT_COSTS, OT_MARGINALS, ContrastiveConfig, OTConfig
+from dist_optical.config import OTConfig
 from dist_optical.ot import marginal_error, plan_entropy, sinkhorn
-from dist_optical.ot.sinkhorn import GRAD_MODES
 
 if TYPE_CHECKING:  # models imports transformers (seconds); the losses only need the type
     from dist_optical.models import Encoded
-
-COSTS, MARGINALS, TERMS = OT_COSTS, OT_MARGINALS, LOSS_TERMS
 
 Gather = Callable[[Tensor], Tensor]
 
@@ -44,8 +41,6 @@ def token_cost(
     None = every token is real) on each side: that removes the direction all tokens share, which
     otherwise makes the costs near uniform and the plan uninformative.
     """
-    if kind not in COSTS:
-        raise ValueError(f"ot.cost: expected one of {', '.join(COSTS)}, got {kind!r}")
     if center:
         teacher_tokens = _center(teacher_tokens, teacher_mask)
         student_tokens = _center(student_tokens, student_mask)
@@ -93,23 +88,6 @@ def idf_table(token_id_lists: Sequence[Sequence[int]], vocab_size: int) -> Tenso
     return (torch.log((len(token_id_lists) + 1) / (df + 1.0)) + 1.0).to(torch.float32)
 
 
-def check_ot_config(cfg: OTConfig) -> None:
-    """Raise ValueError naming the first ``ot.*`` key whose value the OT loss cannot use."""
-    for key, value, known in (
-        ("cost", cfg.cost, COSTS),
-        ("marginals", cfg.marginals, MARGINALS),
-        ("grad", cfg.grad, GRAD_MODES),
-    ):
-        if value not in known:
-            raise ValueError(f"ot.{key}: expected one of {', '.join(known)}, got {value!r}")
-    if not cfg.eps > 0:
-        raise ValueError(f"ot.eps: must be > 0, got {cfg.eps}")
-    if not 0.0 <= cfg.eps_scaling < 1.0:
-        raise ValueError(f"ot.eps_scaling: must be in (0, 1), or 0 for no schedule, got {cfg.eps_scaling}")
-    if not cfg.rho >= 0:
-        raise ValueError(f"ot.rho: must be > 0, or 0 for balanced OT, got {cfg.rho}")
-
-
 def transport(
     teacher: Encoded,
     student: Encoded,
@@ -119,8 +97,6 @@ def transport(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pair i's teacher tokens against pair i's student tokens -> (plan, cost, a, b): the (B, n, m)
     entropic OT plans and costs and the (B, n), (B, m) marginals."""
-    if cfg.marginals not in MARGINALS:
-        raise ValueError(f"ot.marginals: expected one of {', '.join(MARGINALS)}, got {cfg.marginals!r}")
     if cfg.marginals == "idf" and (teacher_idf is None or student_idf is None):
         raise ValueError("ot.marginals=idf needs idf tables for both teacher and student vocabularies")
     cost = token_cost(teacher.tokens, student.tokens, cfg.cost, cfg.center, teacher.mask, student.mask)
@@ -179,17 +155,12 @@ def pairwise_transport_cost(
     """(R,) teacher and (C,) student sentences -> (R, C) OT costs W[i, j] = <P_ij, C_ij> between the
     tokens of teacher sentence i and student sentence j: R x C problems in one batched Sinkhorn."""
     rows, cols = len(teacher.tokens), len(student.tokens)
-    every_row = _select(teacher, torch.arange(rows).repeat_interleave(cols))
-    every_col = _select(student, torch.arange(cols).repeat(rows))
+    row_index = torch.arange(rows, device=teacher.tokens.device).repeat_interleave(cols)
+    col_index = torch.arange(cols, device=student.tokens.device).repeat(rows)
+    every_row = teacher.map(lambda field: field[row_index])
+    every_col = student.map(lambda field: field[col_index])
     plan, cost, _, _ = transport(every_row, every_col, cfg, teacher_idf, student_idf)
     return (plan * cost).sum(dim=(1, 2)).view(rows, cols)
-
-
-def _select(encoded: Encoded, index: Tensor) -> Encoded:
-    index = index.to(encoded.tokens.device)
-    return type(encoded)(
-        encoded.tokens[index], encoded.mask[index], encoded.input_ids[index], encoded.pooled[index]
-    )
 
 
 def ot_nce_loss(
@@ -211,8 +182,6 @@ def ot_nce_loss(
     English rows (teacher) against foreign columns (student); symmetric: the mean with foreign rows
     against English columns. Stats: ``ot_nce/positive_cost``, ``ot_nce/negative_cost`` (means of W).
     """
-    if not cfg.nce_temperature > 0:
-        raise ValueError(f"ot.nce_temperature must be > 0, got {cfg.nce_temperature}")
     labels = rank * len(teacher.tokens) + torch.arange(len(teacher.tokens), device=teacher.tokens.device)
     every_student = _gather_encoded(student, gather)
     english_rows = pairwise_transport_cost(teacher, every_student, cfg, teacher_idf, student_idf)
@@ -234,11 +203,9 @@ def ot_nce_loss(
 def _gather_encoded(encoded: Encoded, gather: Gather | None) -> Encoded:
     if gather is None:
         return encoded
-    return type(encoded)(
-        gather(encoded.tokens),
-        gather(encoded.mask.to(torch.uint8)).bool(),
-        gather(encoded.input_ids),
-        gather(encoded.pooled),
+    # The collective moves numbers, not booleans: the mask travels as uint8.
+    return encoded.map(
+        lambda field: gather(field.to(torch.uint8)).bool() if field.dtype == torch.bool else gather(field)
     )
 
 
@@ -250,12 +217,8 @@ def pad_tokens(encoded: Encoded, length: int) -> Encoded:
         raise ValueError(f"pad_tokens: {encoded.tokens.shape[1]} tokens exceed length {length}")
     if extra == 0:
         return encoded
-    return type(encoded)(
-        F.pad(encoded.tokens, (0, 0, 0, extra)),
-        F.pad(encoded.mask, (0, extra), value=False),
-        F.pad(encoded.input_ids, (0, extra), value=0),
-        encoded.pooled,
-    )
+    # F.pad's last pair pads the last dimension: (0, 0) keeps the hidden one of (B, L, d) as it is.
+    return encoded.map(lambda field: F.pad(field, (0, 0) * (field.dim() - 2) + (0, extra)), pooled=False)
 
 
 def contrastive_loss(
@@ -276,8 +239,6 @@ def contrastive_loss(
     ranks is the loss of the global batch; with a gather whose backward sums gradients over
     ranks, DDP/DeepSpeed's gradient averaging then yields exactly the global loss's gradient.
     """
-    if not temperature > 0:
-        raise ValueError(f"contrastive.temperature must be > 0, got {temperature}")
     s = F.normalize(student_pooled, dim=-1)
     t = F.normalize(teacher_pooled, dim=-1)
     labels = rank * s.shape[0] + torch.arange(s.shape[0], device=s.device)
@@ -303,103 +264,3 @@ def mean_pairwise_cosine(pooled: Tensor) -> Tensor:
     sim = x @ x.T
     pairs = x.shape[0] * (x.shape[0] - 1)
     return (sim.sum() - sim.diagonal().sum()) / pairs if pairs else sim.new_tensor(math.nan)
-
-
-class Objective:
-    """Weighted sum of named terms (``ot``, ``ot_nce``, ``contrastive``, ``mse``, ``english``);
-    weight-0 terms are skipped.
-
-    ``gather``/``rank`` go to `contrastive_loss` and `ot_nce_loss` (which pads its token tensors to
-    ``pad_to`` first, so that every rank gathers one shape); the idf tables to the OT terms.
-    ``english`` is the MSE between the student's and the teacher's pooled embeddings of the English
-    side (Reimers & Gurevych): it keeps the student's English where the teacher's English index
-    expects it.
-    """
-
-    def __init__(
-        self,
-        weights: dict[str, float],
-        ot_cfg: OTConfig,
-        contrastive_cfg: ContrastiveConfig,
-        gather: Gather | None = None,
-        rank: int = 0,
-        teacher_idf: Tensor | None = None,
-        student_idf: Tensor | None = None,
-        pad_to: int | None = None,
-    ) -> None:
-        for name, weight in weights.items():
-            if name not in TERMS:
-                raise ValueError(f"loss.{name}: unknown loss term (known: {', '.join(TERMS)})")
-            if not weight >= 0:
-                raise ValueError(f"loss.{name}: weight must be >= 0, got {weight}")
-        self.weights = {name: float(weight) for name, weight in weights.items() if weight > 0}
-        if not self.weights:
-            raise ValueError(f"loss: every weight is zero ({weights}); nothing to train")
-        if "ot" in self.weights or "ot_nce" in self.weights:
-            check_ot_config(ot_cfg)
-        if "ot_nce" in self.weights and gather is not None and pad_to is None:
-            raise ValueError("loss.ot_nce across ranks needs pad_to (the token length every rank pads to)")
-        self.pad_to = pad_to
-        self.ot_cfg = ot_cfg
-        self.contrastive_cfg = contrastive_cfg
-        self.gather = gather
-        self.rank = rank
-        self.teacher_idf = teacher_idf
-        self.student_idf = student_idf
-
-    @property
-    def needs_student_english(self) -> bool:
-        """Whether `__call__` needs ``student_english``: the student's encoding of the English side."""
-        return "english" in self.weights
-
-    def __call__(
-        self, teacher: Encoded, student: Encoded, student_english: Encoded | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
-        """Total loss and stats: ``loss/<name>`` per term, OT diagnostics, ``collapse/student_cos``,
-        and with ``student_english`` ``english/student_teacher_cos`` (mean cosine of the pooled
-        English embeddings: the student's drift on English)."""
-        terms: dict[str, Tensor] = {}
-        stats: dict[str, float] = {}
-        if "ot" in self.weights:
-            terms["ot"], ot_stats = ot_loss(teacher, student, self.ot_cfg, self.teacher_idf, self.student_idf)
-            stats.update(ot_stats)
-        if "ot_nce" in self.weights:
-            english, foreign = teacher, student
-            if self.gather is not None:
-                english, foreign = pad_tokens(teacher, self.pad_to), pad_tokens(student, self.pad_to)
-            terms["ot_nce"], nce_stats = ot_nce_loss(
-                english,
-                foreign,
-                self.ot_cfg,
-                self.contrastive_cfg.symmetric,
-                self.gather,
-                self.rank,
-                self.teacher_idf,
-                self.student_idf,
-            )
-            stats.update(nce_stats)
-        if "contrastive" in self.weights:
-            cfg = self.contrastive_cfg
-            terms["contrastive"] = contrastive_loss(
-                student.pooled, teacher.pooled, cfg.temperature, cfg.symmetric, self.gather, self.rank
-            )
-        if "mse" in self.weights:
-            terms["mse"] = mse_loss(student.pooled, teacher.pooled)
-        if "english" in self.weights:
-            if student_english is None:
-                raise ValueError("loss.english > 0 needs the student's encoding of the English side")
-            terms["english"] = mse_loss(student_english.pooled, teacher.pooled)
-        total = sum(self.weights[name] * term for name, term in terms.items())
-
-        logged = {f"loss/{name}": term.detach().float() for name, term in terms.items()}
-        logged["collapse/student_cos"] = mean_pairwise_cosine(student.pooled)
-        if student_english is not None:
-            logged["english/student_teacher_cos"] = F.cosine_similarity(
-                student_english.pooled.detach().float(), teacher.pooled.detach().float(), dim=-1
-            ).mean()
-        *values, total_value = torch.stack([*logged.values(), total.detach().float()]).tolist()  # host sync
-        stats.update(zip(logged, values, strict=True))
-        bad = [f"loss.{n} = {stats['loss/' + n]}" for n in terms if not math.isfinite(stats["loss/" + n])]
-        if bad or not math.isfinite(total_value):
-            raise FloatingPointError(f"non-finite loss: {', '.join(bad) or f'weighted sum = {total_value}'}")
-        return total, stats

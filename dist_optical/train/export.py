@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from dist_optical.config import Config, config_hash, load_config
-from dist_optical.engine.checkpoint import resolve_resume
+from dist_optical.engine.checkpoint import CheckpointError, resolve_resume
 from dist_optical.models import load_encoder, load_student, student_name
 from dist_optical.models.package import model_card, save_student
-from dist_optical.models.vocab import VOCAB_FILE, load_kept_ids, untrim_vocab
+from dist_optical.models.vocab import run_kept_ids, untrim_vocab
 
 # What the shipped data may be used for, for the model card (../shared/data/*/SOURCES.md).
 BIBLE_LICENCE = "bible-corpus New Testaments CC0 1.0; English KJV from aruljohn/Bible-kjv, MIT"
@@ -26,18 +26,8 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     states = ckpt_dir / tag / "mp_rank_00_model_states.pt"
     if not states.is_file():
-        raise FileNotFoundError(f"{ckpt_dir / tag}: no DeepSpeed model states (mp_rank_00_model_states.pt)")
+        raise CheckpointError(f"{ckpt_dir / tag}: no DeepSpeed model states (mp_rank_00_model_states.pt)")
     return torch.load(states, map_location="cpu", weights_only=False)["module"]
-
-
-def run_kept_ids(cfg: Config, run_dir: Path) -> torch.Tensor | None:
-    """The trimmed vocabulary the run trained (RUN/vocab.json), or None when it trained the full one."""
-    if not cfg.model.trim_vocab:
-        return None
-    path = run_dir / VOCAB_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the run trained a trimmed vocabulary, and this file lists its rows")
-    return load_kept_ids(path)
 
 
 def export_checkpoint(checkpoint: Path, out: Path, steps: int | None = None) -> Path:
@@ -46,14 +36,14 @@ def export_checkpoint(checkpoint: Path, out: Path, steps: int | None = None) -> 
     RUN/config.yaml (written by every run) says how to rebuild the student."""
     found = resolve_resume(str(checkpoint), checkpoint, what="export")
     if found is None:
-        raise FileNotFoundError(f"export {checkpoint}: no checkpoint there")
+        raise CheckpointError(f"export {checkpoint}: no checkpoint there")
     ckpt_dir, tag = found
     run_dir = ckpt_dir.parent
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: the run's resolved config is needed to rebuild the student")
+        raise CheckpointError(f"{config_file}: the run's resolved config is needed to rebuild the student")
     cfg = load_config(config_file)
-    kept_ids = run_kept_ids(cfg, run_dir)
+    kept_ids = run_kept_ids(cfg.model.trim_vocab, run_dir)
     student, tokenizer = load_student(cfg.model, kept_ids)
     student.load_state_dict(consolidated_state_dict(ckpt_dir, tag))
     if kept_ids is not None:  # rows the run never saw keep the original model's values

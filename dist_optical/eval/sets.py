@@ -19,13 +19,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dist_optical.config import EVAL_KINDS, Config, EvalSet, data_path
+from dist_optical.config import Config, EvalSet, data_path
 from dist_optical.data.bitext import read_bible_verses, verse_book
-from dist_optical.evaluate import read_lines
+from dist_optical.errors import UserError
+from dist_optical.files import read_lines
 
 log = logging.getLogger("dist_optical.evalsets")
 
-KINDS = EVAL_KINDS
+
+class EvalSetError(UserError):
+    """An eval set whose files do not fit its kind; the message names the set and the file."""
 
 
 @dataclass
@@ -45,10 +48,6 @@ class EvalData:
 
 def load_eval_set(cfg: Config, eval_set: EvalSet) -> EvalData:
     """Read ``eval_set`` (paths relative to ``data.root``); errors name the set and the file."""
-    if eval_set.kind not in KINDS:
-        raise ValueError(
-            f"eval set {eval_set.name!r}: kind {eval_set.kind!r}: expected one of {', '.join(KINDS)}"
-        )
     queries, targets = data_path(cfg, eval_set.queries), data_path(cfg, eval_set.targets)
     if eval_set.kind == "bible":
         return _bible(eval_set, queries, targets)
@@ -56,7 +55,7 @@ def load_eval_set(cfg: Config, eval_set: EvalSet) -> EvalData:
         return _clir(eval_set, queries, targets, data_path(cfg, eval_set.qrels))
     src, tgt = read_lines(queries, eval_set.max_pairs), read_lines(targets, eval_set.max_pairs)
     if len(src) != len(tgt):
-        raise ValueError(
+        raise EvalSetError(
             f"eval set {eval_set.name!r}: {eval_set.queries} has {len(src)} lines but "
             f"{eval_set.targets} has {len(tgt)}; line i must translate line i"
         )
@@ -66,13 +65,15 @@ def load_eval_set(cfg: Config, eval_set: EvalSet) -> EvalData:
 
 def _bible(eval_set: EvalSet, src_path: Path, tgt_path: Path) -> EvalData:
     if not eval_set.books:
-        raise ValueError(f"eval set {eval_set.name!r}: kind bible needs books, e.g. [REV]")
+        raise EvalSetError(f"eval set {eval_set.name!r}: kind bible needs books, e.g. [REV]")
     src, tgt = read_bible_verses(src_path), read_bible_verses(tgt_path)
     books = set(eval_set.books)
     present = {verse_book(v) for v in src} & {verse_book(v) for v in tgt}
     missing = sorted(books - present)
     if missing:
-        raise ValueError(f"eval set {eval_set.name!r}: books {missing} not in both {src_path} and {tgt_path}")
+        raise EvalSetError(
+            f"eval set {eval_set.name!r}: books {missing} not in both {src_path} and {tgt_path}"
+        )
     # Verses empty on either side (merged into a neighbour in some translations) have no answer.
     keys = [v for v in src if verse_book(v) in books and v in tgt and src[v] and tgt[v]]
     if eval_set.max_pairs:
@@ -82,16 +83,16 @@ def _bible(eval_set: EvalSet, src_path: Path, tgt_path: Path) -> EvalData:
 
 def _clir(eval_set: EvalSet, queries_path: Path, docs_path: Path, qrels_path: Path) -> EvalData:
     if not eval_set.qrels:
-        raise ValueError(f"eval set {eval_set.name!r}: kind clir needs qrels (TREC: qid 0 docid rel)")
+        raise EvalSetError(f"eval set {eval_set.name!r}: kind clir needs qrels (TREC: qid 0 docid rel)")
     queries, docs, qrels = read_id_texts(queries_path), read_id_texts(docs_path), read_trec_qrels(qrels_path)
     doc_ids = list(docs)
     doc_index = {doc: i for i, doc in enumerate(doc_ids)}
     for qid, judged in qrels.items():
         if qid not in queries:
-            raise ValueError(f"{qrels_path}: query {qid!r} is not in {queries_path}")
+            raise EvalSetError(f"{qrels_path}: query {qid!r} is not in {queries_path}")
         unknown = sorted(set(judged) - set(doc_index))
         if unknown:
-            raise ValueError(
+            raise EvalSetError(
                 f"{qrels_path}: query {qid!r} judges documents not in {docs_path}: {unknown[:5]}"
             )
     keys = [q for q in queries if any(rel > 0 for rel in qrels.get(q, {}).values())]
@@ -105,7 +106,7 @@ def _clir(eval_set: EvalSet, queries_path: Path, docs_path: Path, qrels_path: Pa
     if eval_set.max_pairs:
         keys = keys[: eval_set.max_pairs]
     if not keys:
-        raise ValueError(f"eval set {eval_set.name!r}: no query has a relevant document in {qrels_path}")
+        raise EvalSetError(f"eval set {eval_set.name!r}: no query has a relevant document in {qrels_path}")
     positives = [[(doc_index[d], rel) for d, rel in qrels[q].items() if rel > 0] for q in keys]
     width = max(len(p) for p in positives)
     relevant = torch.zeros(len(keys), width, dtype=torch.long)
@@ -124,9 +125,9 @@ def read_id_texts(path: Path) -> dict[str, str]:
     for number, line in enumerate(read_lines(path), start=1):
         key, sep, text = line.partition("\t")
         if not sep or not key.strip():
-            raise ValueError(f"{path}:{number}: expected id<TAB>text")
+            raise EvalSetError(f"{path}:{number}: expected id<TAB>text")
         if key.strip() in texts:
-            raise ValueError(f"{path}:{number}: duplicate id {key.strip()!r}")
+            raise EvalSetError(f"{path}:{number}: duplicate id {key.strip()!r}")
         texts[key.strip()] = text.strip()
     return texts
 
@@ -139,7 +140,7 @@ def read_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
         if not fields:
             continue
         if len(fields) != 4 or not fields[3].lstrip("-").isdigit():
-            raise ValueError(f"{path}:{number}: expected 'qid iteration docid relevance', got {line!r}")
+            raise EvalSetError(f"{path}:{number}: expected 'qid iteration docid relevance', got {line!r}")
         qrels.setdefault(fields[0], {})[fields[2]] = int(fields[3])
     return qrels
 
@@ -148,7 +149,7 @@ def check_disjoint(train_keys: Iterable[str], eval_keys: Iterable[str], what: st
     """Raise ValueError if a training pair is also an evaluation pair (e.g. a held-out verse)."""
     overlap = sorted(set(train_keys) & set(eval_keys))
     if overlap:
-        raise ValueError(
+        raise EvalSetError(
             f"{what}: {len(overlap)} evaluation keys are also training keys (e.g. {overlap[:5]}); "
             "hold their books out of training (data.exclude_books)"
         )

@@ -1,0 +1,78 @@
+"""Score encoders on every eval set of a run, and format the results as a table.
+
+Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dist_optical.config import Config
+from dist_optical.eval.metrics import evaluate_parallel, evaluate_qrels, gold_ranks
+from dist_optical.eval.sets import EvalData, load_eval_set
+from dist_optical.models.encoder import Encoder
+
+Results = dict[str, dict[str, dict[str, float]]]  # eval set -> direction -> metric -> value
+
+
+class Evaluator:
+    """Holds the eval sets (`evalsets.EvalData`) and the teacher's target embeddings across several
+    students. Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents.
+    Each model embeds a text once per call, however many sets share it (the four Revelation sets
+    share their English side)."""
+
+    def __init__(self, cfg: Config, teacher: Encoder):
+        self.cfg = cfg
+        self.teacher = teacher
+        self.sets: dict[str, EvalData] = {s.name: load_eval_set(cfg, s) for s in cfg.eval.sets}
+        self.targets = self._embed_all(teacher, "targets")
+
+    def _embed_all(self, model: Encoder, side: str) -> dict[str, Tensor]:
+        """Every set's ``side`` (queries or targets) by ``model``: unique texts embedded once."""
+        texts = list(dict.fromkeys(t for data in self.sets.values() for t in getattr(data, side)))
+        emb = model.embed(texts, self.cfg.eval.batch_size, desc=f"{side} by {model.name}")
+        row = {text: i for i, text in enumerate(texts)}
+        return {
+            name: emb[torch.tensor([row[t] for t in getattr(data, side)], dtype=torch.long)]
+            for name, data in self.sets.items()
+        }
+
+    def __call__(
+        self, query_model: Encoder, target_model: Encoder | None = None, ranks: dict | None = None
+    ) -> Results:
+        """Foreign queries by ``query_model``; English targets by the teacher (its cached index), or by
+        ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)` user has it).
+        ``ranks``, if given, receives each aligned set's 1-based gold rank per query (foreign ->
+        English): what a paired bootstrap over queries needs."""
+        queries = self._embed_all(query_model, "queries")
+        targets = self.targets if target_model is None else self._embed_all(target_model, "targets")
+        results = {}
+        for name, data in self.sets.items():
+            if data.relevant is None:
+                results[name] = evaluate_parallel(queries[name], targets[name])
+                if ranks is not None:
+                    gold = torch.arange(len(data.queries))
+                    ranks[name] = gold_ranks(queries[name] @ targets[name].T, gold).tolist()
+            else:
+                results[name] = evaluate_qrels(queries[name], targets[name], data.relevant, data.gains)
+        return results
+
+
+def format_table(
+    rows: dict[str, dict[str, dict[str, dict[str, float]]]],
+    direction: str = "src->tgt",
+    metrics: tuple[str, ...] = ("acc@1", "mrr@10"),
+) -> str:
+    """rows: label -> eval set -> direction -> metrics; one Markdown table, a column block per set."""
+    sets = list(next(iter(rows.values())))
+    header = "| model | " + " | ".join(f"{s} {m}" if len(metrics) > 1 else s for s in sets for m in metrics)
+    lines = [header + " |", "|" + "---|" * (1 + len(metrics) * len(sets))]
+    for label, results in rows.items():
+        cells = [  # clir sets are scored one way only (queries -> documents)
+            f"{results[s][direction][m]:.1f}" if direction in results[s] else "-"
+            for s in sets
+            for m in metrics
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

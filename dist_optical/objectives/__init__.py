@@ -1,0 +1,7 @@
+"""What the student is trained to minimise: the terms (token-level OT, OT-NCE, InfoNCE, MSE) and
+their weighted sum. Pure torch: never torch.distributed or DeepSpeed (tests/test_layers.py)."""
+
+from dist_optical.objectives.objective import Objective
+from dist_optical.objectives.terms import idf_table
+
+__all__ = ["Objective", "idf_table"]

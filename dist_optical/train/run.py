@@ -1,0 +1,232 @@
+"""Everything a training run needs before its first step, built once into a `Run`: the run folder's
+checkpoint to resume from, the shards, the models, the DeepSpeed engine, the stream, the objective,
+the dev curve and the metrics logger. The loop (train/loop.py) only reads it and advances it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from dist_optical.config import Config, config_hash, config_to_dict, save_config
+from dist_optical.data import PairCollator, ShardLoader, ShardStream
+from dist_optical.data.prepare import ensure_shards, training_stream
+from dist_optical.engine import checkpoint, dist
+from dist_optical.engine.collectives import all_gather_with_grad
+from dist_optical.engine.deepspeed import build_ds_config, partition_teacher, wrap_student
+from dist_optical.eval.sets import load_eval_set
+from dist_optical.models import (
+    Encoded,
+    check_tokenizer_fits,
+    encode,
+    freeze,
+    load_encoder,
+    load_student,
+    load_tokenizer,
+    special_ids,
+    student_name,
+)
+from dist_optical.models.encoder import Encoder
+from dist_optical.models.vocab import VOCAB_FILE, run_kept_ids, save_kept_ids, used_ids
+from dist_optical.objectives import Objective, idf_table
+from dist_optical.train.devcurve import DevCurve
+from dist_optical.train.metrics import MetricsLogger
+
+log = logging.getLogger("dist_optical.train")
+
+
+@dataclass
+class Run:
+    """A run set up for training; ``step``, ``collapse_baseline`` and ``skipped`` advance with it."""
+
+    cfg: Config
+    out: Path
+    env: dist.DistEnv
+    engine: Any  # DeepSpeed's engine around the student
+    scheduler: Any
+    teacher: nn.Module
+    teacher_tok: PreTrainedTokenizerBase
+    student_tok: PreTrainedTokenizerBase
+    stream: ShardStream
+    loader: ShardLoader
+    objective: Objective
+    logger: MetricsLogger
+    dev: DevCurve | None
+    specials: dict[str, Tensor]  # "teacher", "student": the token ids the OT mask leaves out
+    step: int = 0  # optimizer steps done
+    collapse_baseline: float | None = None  # collapse/student_cos at the first step
+    skipped: int = 0  # unreadable pairs dropped so far, all ranks (data.on_error=skip)
+
+    @property
+    def pairs_per_step(self) -> int:
+        return self.cfg.train.micro_batch_size * self.cfg.train.grad_accum * self.env.world_size
+
+    def encode(self, side: str, input_ids: Tensor, attention_mask: Tensor) -> Encoded:
+        """``side`` "teacher" or "student": token states, real-token mask and pooled vector, in fp32."""
+        model, device = (self.teacher if side == "teacher" else self.engine), dist.device()
+        pooling = self.cfg.model.pooling
+        return encode(
+            model, input_ids.to(device), attention_mask.to(device), self.specials[side], pooling
+        ).float()
+
+    def save(self) -> Path:
+        """A complete checkpoint tag of the current step (every rank saves its ZeRO shard)."""
+        state = {
+            "step": self.step,
+            "data": self.loader.state_dict(),
+            "config": config_to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "versions": checkpoint.versions(),
+            "world_size": self.env.world_size,
+            "collapse_baseline": self.collapse_baseline,
+        }
+        return checkpoint.save(
+            self.engine,
+            self.out / "checkpoints",
+            self.step,
+            state,
+            self.env.is_main,
+            self.cfg.train.keep_last,
+        )
+
+
+def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
+    """Resolve the resume point first (refusing to start over on a run's checkpoints), then build."""
+    found = checkpoint.resolve_resume(resume, out)
+    if found is None:
+        checkpoint.refuse_fresh_start(out)
+    manifests = ensure_shards(cfg, build=env.is_main)
+    dist.barrier()  # the other ranks read the shards the main rank built
+    kept_ids = student_vocab(cfg, out, manifests, resuming=found is not None, is_main=env.is_main)
+    teacher, teacher_tok, student, student_tok = build_models(cfg, kept_ids)
+    ds_config = build_ds_config(cfg.train, env.world_size)
+    if found is not None:  # at another world size, ZeRO state is loaded through a universal checkpoint
+        load_dir, tag, universal = checkpoint.prepare_elastic(*found, env.world_size, env.is_main)
+        ds_config["checkpoint"] = {"load_universal": universal}
+    engine, scheduler = wrap_student(student, ds_config)
+    if cfg.model.teacher_partitioned:
+        teacher = partition_teacher(teacher, ds_config)
+    else:
+        teacher.to(dist.device(), torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
+    stream = training_stream(cfg, manifests, env.rank, env.world_size)
+    loader = ShardLoader(
+        stream,
+        batch_size=cfg.train.micro_batch_size,
+        collate_fn=PairCollator(student_tok, teacher_tok, cfg.model.max_length, cfg.model.prefix),
+        num_workers=cfg.data.num_workers,
+    )
+    step, collapse_baseline = 0, None
+    if found is not None:
+        _, client = engine.load_checkpoint(str(load_dir), tag=tag)
+        checkpoint.check_compatible(client["config"], config_to_dict(cfg))
+        step, collapse_baseline = client["step"], client.get("collapse_baseline")
+        loader.load_state_dict(client["data"])
+        if env.is_main:
+            log.info("resumed from %s/%s at step %d", load_dir, tag, step)
+    if env.is_main:
+        save_config(cfg, out / "config.yaml")
+    return Run(
+        cfg=cfg,
+        out=out,
+        env=env,
+        engine=engine,
+        scheduler=scheduler,
+        teacher=teacher,
+        teacher_tok=teacher_tok,
+        student_tok=student_tok,
+        stream=stream,
+        loader=loader,
+        objective=build_objective(cfg, manifests, teacher_tok, student_tok, env),
+        logger=MetricsLogger(out, enabled=env.is_main, resume_step=step),
+        dev=DevCurve(cfg, Encoder(cfg.model.teacher, teacher, teacher_tok, **encoding(cfg)))
+        if cfg.train.eval_every
+        else None,
+        specials={"teacher": special_ids(teacher_tok), "student": special_ids(student_tok)},
+        step=step,
+        collapse_baseline=collapse_baseline,
+    )
+
+
+def build_models(cfg: Config, kept_ids: Tensor | None = None):
+    """Frozen teacher + trainable student (initialised from the teacher unless model.student is set;
+    its vocabulary trimmed to ``kept_ids`` when given)."""
+    teacher_tok = load_tokenizer(cfg.model.teacher)
+    teacher = freeze(load_encoder(cfg.model.teacher, cfg.model.tiny, vocab_size=len(teacher_tok)))
+    check_tokenizer_fits(teacher_tok, teacher, f"model.teacher {cfg.model.teacher!r}")
+    student, student_tok = load_student(cfg.model, kept_ids)
+    if cfg.model.freeze_embeddings:
+        student.get_input_embeddings().weight.requires_grad_(False)
+    return teacher, teacher_tok, student, student_tok
+
+
+def build_objective(
+    cfg: Config, manifests: list[Path], teacher_tok, student_tok, env: dist.DistEnv
+) -> Objective:
+    """The loss terms, with a cross-rank all-gather for the in-batch negatives and, for the OT terms
+    with idf marginals, idf tables over the training pairs."""
+    teacher_idf = student_idf = None
+    if max(cfg.loss.get("ot", 0.0), cfg.loss.get("ot_nce", 0.0)) > 0 and cfg.ot.marginals == "idf":
+        teacher_idf, student_idf = idf_tables(
+            manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length, cfg.data.on_error
+        )
+    return Objective(
+        cfg.loss,
+        cfg.ot,
+        cfg.contrastive,
+        gather=all_gather_with_grad if env.world_size > 1 else None,
+        rank=env.rank,
+        teacher_idf=teacher_idf,
+        student_idf=student_idf,
+        pad_to=cfg.model.max_length,
+    )
+
+
+def encoding(cfg: Config) -> dict[str, Any]:
+    """How the run encodes text for retrieval: truncation, pooling, prefix."""
+    return {"max_length": cfg.model.max_length, "pooling": cfg.model.pooling, "prefix": cfg.model.prefix}
+
+
+def run_texts(cfg: Config, manifests: list[Path]) -> Iterator[str]:
+    """Every text the student may encode in this run: both sides of the training pairs and of every
+    eval set, prefixed as the student sees them."""
+    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs, on_error=cfg.data.on_error)
+    for pair in stream:
+        yield cfg.model.prefix + pair["src"]
+        yield cfg.model.prefix + pair["tgt"]
+    for eval_set in cfg.eval.sets:
+        data = load_eval_set(cfg, eval_set)
+        yield from (cfg.model.prefix + text for text in data.queries + data.targets)
+
+
+def student_vocab(cfg: Config, out: Path, manifests: list[Path], resuming: bool, is_main: bool):
+    """The kept rows of a trimmed student: computed on a fresh run (main rank) into RUN/vocab.json;
+    a resumed run (any world size) and `export` read them back from there."""
+    if not cfg.model.trim_vocab:
+        return None
+    path = out / VOCAB_FILE
+    if not resuming:
+        if is_main:
+            kept = used_ids(load_tokenizer(student_name(cfg.model)), run_texts(cfg, manifests))
+            save_kept_ids(path, kept, student_name(cfg.model))
+            log.info("trimmed the student's vocabulary to the %d rows this run's texts use", len(kept))
+        dist.barrier()
+    return run_kept_ids(cfg.model.trim_vocab, out)
+
+
+def idf_tables(
+    manifests: list[Path], max_pairs: int, teacher_tok, student_tok, max_length: int, on_error: str = "raise"
+) -> tuple[Tensor, Tensor]:
+    """(teacher vocab,), (student vocab,) idf over the training pairs (the first ``max_pairs`` of each
+    manifest, the ones the stream trains on): English by the teacher's tokenizer, foreign by the
+    student's, truncated as in training."""
+    pairs = list(ShardStream(manifests, shuffle=False, max_pairs=max_pairs, on_error=on_error))
+    teacher_ids = teacher_tok([p["tgt"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
+    student_ids = student_tok([p["src"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
+    return idf_table(teacher_ids, len(teacher_tok)), idf_table(student_ids, len(student_tok))
