@@ -11,9 +11,9 @@ import sys
 import pytest
 from helpers import cli_env
 
-from dist_optical.compare.report import fmt, headline, row_name
+from dist_optical.compare.report import fmt
 from dist_optical.compare.runner import check_split, checked_plan
-from dist_optical.compare.spec import load_spec, plan
+from dist_optical.compare.spec import headline, load_spec, plan, row_name
 from dist_optical.config import REPO_ROOT, ConfigError, load_config
 from dist_optical.data.prepare import shard_folder
 from dist_optical.data.shards import load_manifest

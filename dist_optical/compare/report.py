@@ -1,4 +1,4 @@
-"""Aggregate comparison runs over seeds and write report.md and the plots.
+"""Aggregate comparison runs over seeds and write report.md (the plots: compare/plots.py).
 
 Every number in report.md is read from the summary that results.json also holds (rounded to one
 decimal), so the two cannot disagree. The headline metric of a set is acc@1 (parallel and bible
@@ -12,15 +12,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dist_optical.compare.spec import Spec
+from dist_optical.compare.plots import plot_curves, plot_grid, plot_headline
+from dist_optical.compare.spec import DIRECTION, Spec, headline, row_name
 from dist_optical.compare.stats import RESAMPLES
 from dist_optical.files import atomic_write
-
-DIRECTION = "src->tgt"
-
-
-def row_name(objective: str, pairs: int) -> str:
-    return f"{objective}/pairs-{pairs or 'all'}"
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,17 +63,13 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def headline(kind: str) -> str:
-    return "ndcg@10" if kind == "clir" else "acc@1"
-
-
 def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
     """report.md and one PNG per grid in ``out``; returns their paths (report first)."""
     summary = results["summary"]
     kinds = {
         language: {s.name: s.kind for s in spec.language_config(language).eval.sets} for language in summary
     }
-    plots = [_plot_grid(name, grid, spec, summary, kinds, out) for name, grid in spec.grids.items()]
+    plots = [plot_grid(name, grid, spec, summary, kinds, out) for name, grid in spec.grids.items()]
     extra = [p for p in (plot_headline(results, spec, out), plot_curves(results["runs"], spec, out)) if p]
     lines = _header(results, spec)
     lines += significance_lines(results, spec)
@@ -265,62 +256,6 @@ def _verdict(rows: dict[str, Any], eval_set: str, metric: str) -> str:
     )
 
 
-def _plot_grid(
-    name: str, grid: Any, spec: Spec, summary: dict[str, Any], kinds: dict[str, dict[str, str]], out: Path
-) -> Path:
-    """Bars per objective (one budget) or headline metric vs training pairs (several; zero-shot as a
-    dashed line), error bars = std; one panel per (language, eval set)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(lang, s) for lang in grid.languages if lang in summary for s in kinds[lang]]
-    cols = min(3, len(panels))
-    rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
-    for ax, (language, s) in zip(axes.flat, panels, strict=False):
-        metric = headline(kinds[language][s])
-        rows = summary[language]
-
-        def row(objective: str, pairs: int, rows: dict[str, Any] = rows) -> dict[str, Any] | None:
-            trained = spec.objectives[objective] is not None
-            return rows.get(row_name(objective, pairs if trained else 0))
-
-        if len(grid.pairs) == 1:
-            names = [o for o in grid.objectives if row(o, grid.pairs[0]) is not None]
-            values = [row(o, grid.pairs[0])["metrics"][s][DIRECTION][metric] for o in names]
-            ax.bar(range(len(names)), [v["mean"] for v in values], yerr=[v["std"] for v in values], capsize=3)
-            ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-        else:
-            for objective in grid.objectives:
-                if spec.objectives[objective] is None and row(objective, 0) is not None:
-                    value = row(objective, 0)["metrics"][s][DIRECTION][metric]["mean"]
-                    ax.axhline(value, linestyle="--", color="grey", label=objective)
-                    continue
-                points = [p for p in (row(objective, pairs) for pairs in grid.pairs) if p is not None]
-                ax.errorbar(
-                    [p["pairs_pool"] for p in points],
-                    [p["metrics"][s][DIRECTION][metric]["mean"] for p in points],
-                    yerr=[p["metrics"][s][DIRECTION][metric]["std"] for p in points],
-                    marker="o",
-                    capsize=3,
-                    label=objective,
-                )
-            ax.set_xscale("log")
-            ax.set_xlabel("training pairs (pool)")
-            ax.legend(fontsize=7)
-        ax.set_title(f"{language} / {s}", fontsize=9)
-        ax.set_ylabel(f"{metric} %")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 REFERENCES = ("infonce", "zero-shot")  # what every objective is measured against, when in the grid
 
 
@@ -394,73 +329,3 @@ def _interval(test: dict[str, Any], mark: bool = True) -> str:
         else (f"{test['diff']:.1f} [{test['low']:.1f}, {test['high']:.1f}]")
     )
     return f"**{text}**" if mark and test["significant"] else text
-
-
-def plot_curves(records: list[dict[str, Any]], spec: Spec, out: Path) -> Path | None:
-    """curves.png: dev acc@1 against pairs seen, a panel per language, a line per objective (mean
-    over seeds, band = min..max over seeds); None when no run logged a curve."""
-    curves: dict[str, dict[str, list[list[list[float]]]]] = {}
-    for record in records:
-        if record.get("curve"):
-            curves.setdefault(record["language"], {}).setdefault(record["objective"], []).append(
-                record["curve"]
-            )
-    if not curves:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    languages = [lang for lang in spec.languages if lang in curves]
-    fig, axes = plt.subplots(1, len(languages), figsize=(4.4 * len(languages), 3.4), squeeze=False)
-    for ax, language in zip(axes.flat, languages, strict=True):
-        for objective, runs in curves[language].items():
-            length = min(len(run) for run in runs)
-            pairs = np.array([point[0] for point in runs[0][:length]])
-            values = np.array([[point[1] for point in run[:length]] for run in runs])
-            ax.plot(pairs, values.mean(0), marker=".", label=f"{objective} (n={len(runs)})")
-            ax.fill_between(pairs, values.min(0), values.max(0), alpha=0.2)
-        ax.set_title(f"{language}: dev acc@1", fontsize=9)
-        ax.set_xlabel("training pairs seen")
-        ax.set_ylabel("acc@1 %")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_headline(results: dict[str, Any], spec: Spec, out: Path) -> Path | None:
-    """headline.png: acc@1 per objective, a panel per (language, eval set), whiskers = the 95%
-    bootstrap interval over queries (seeds pooled)."""
-    tests = results.get("significance", {})
-    panels = [(lang, s) for lang in spec.languages if lang in tests for s in tests[lang]]
-    if not panels:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(3, len(panels))
-    rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
-    for ax, (language, s) in zip(axes.flat, panels, strict=False):
-        entries = tests[language][s]
-        names = list(entries)
-        acc = [entries[o]["acc"] for o in names]
-        whiskers = [[a["diff"] - a["low"] for a in acc], [a["high"] - a["diff"] for a in acc]]
-        ax.bar(range(len(names)), [a["diff"] for a in acc], yerr=whiskers, capsize=3)
-        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-        ax.set_title(f"{language} / {s}", fontsize=9)
-        ax.set_ylabel("acc@1 % (95% interval)")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    path = out / "headline.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

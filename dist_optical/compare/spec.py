@@ -174,3 +174,16 @@ def _typed(value: Any, kind: type, path: Path, key: str) -> Any:
     if not isinstance(value, kind):
         raise ConfigError(f"{path}: {key}: expected {kind.__name__}, got {value!r}")
     return value
+
+
+DIRECTION = "src->tgt"  # what the report's tables and plots show: foreign queries -> English targets
+
+
+def row_name(objective: str, pairs: int) -> str:
+    """A report row: one objective at one training-pair budget (0 = all), its seeds pooled."""
+    return f"{objective}/pairs-{pairs or 'all'}"
+
+
+def headline(kind: str) -> str:
+    """The headline metric of an eval set kind: nDCG@10 for clir, acc@1 for aligned sets."""
+    return "ndcg@10" if kind == "clir" else "acc@1"
