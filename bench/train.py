@@ -1,9 +1,12 @@
-"""Training throughput and per-rank memory for ZeRO 0/1/2/3 at 2 ranks, and the trimmed student
-vocabulary against the full one, in one run.
+"""Training throughput, in one run: first the anatomy of one step in one process for each way of
+wasting less work (bench/anatomy.py: phase shares, padding, real-token FLOP/s against the matmul
+rate measured in the same process), then throughput and per-rank memory for ZeRO 0/1/2/3 at 2 ranks
+and the trimmed student vocabulary against the full one.
 
     python bench/train.py            # default config: multilingual-e5-small, four languages, 2 CPU ranks
     python bench/train.py --quick    # tiny config (seconds), for a smoke check
     python bench/train.py --config configs/minilm.yaml   # the English-vocabulary path
+    python bench/train.py --skip-zero                    # the anatomy table only
 
 Each row is a real `torchrun --nproc_per_node 2 -m dist_optical train` run; figures come
 from its metrics.jsonl: samples/s (median over steps after the first `--skip`), and each rank's
@@ -62,6 +65,63 @@ def run_stage(
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+# The anatomy rows: what each way of wasting less work changes, alone and together (the first row
+# is the trainer as it was before any of them; the last the full vocabulary, for reference).
+ANATOMY = [
+    ("before: padded batches, live teacher", ("data.length_window=0", "train.teacher_cache=off")),
+    ("length-grouped batches", ("data.length_window=256", "train.teacher_cache=off")),
+    ("teacher cache (fp16)", ("data.length_window=0", "train.teacher_cache=fp16")),
+    ("both", ("data.length_window=256", "train.teacher_cache=fp16")),
+    (
+        "both, no DataLoader worker",
+        ("data.length_window=256", "train.teacher_cache=fp16", "data.num_workers=0"),
+    ),
+    ("both, 1 intra-op thread", ("data.length_window=256", "train.teacher_cache=fp16", "OMP_NUM_THREADS=1")),
+    (
+        "both, full vocabulary",
+        ("data.length_window=256", "train.teacher_cache=fp16", "model.trim_vocab=false"),
+    ),
+]
+
+
+def run_anatomy(config: Path, steps: int, skip: int, overrides: tuple[str, ...]) -> dict:
+    """bench/anatomy.py in a fresh process (its own torch.distributed init and memory)."""
+    threads = next(
+        (o.split("=")[1] for o in overrides if o.startswith("OMP_NUM_THREADS=")), str(os.cpu_count())
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS=threads, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    config_overrides = [o for o in overrides if not o.startswith("OMP_NUM_THREADS=")]
+    cmd = [sys.executable, str(REPO / "bench" / "anatomy.py"), "--config", str(config), "--steps", str(steps),
+           "--skip", str(skip), *config_overrides]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"anatomy {overrides} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def anatomy_table(rows: list[dict]) -> str:
+    phases = ("data", "teacher forward", "student forward", "loss", "backward", "optimizer step")
+    columns = ["configuration", "s/step", "samples/s", "vs before", "padding", *phases,
+               "real GFLOP/s", "matmul peak GFLOP/s", "real / peak"]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for r in rows:
+        speedup = r["samples_per_s"] / rows[0]["samples_per_s"]
+        cells = [
+            r["name"],
+            f"{r['step_s']:.2f}",
+            f"{r['samples_per_s']:.1f}",
+            f"{speedup:.2f}x",
+            f"{100 * r['padding_fraction']:.0f}%",
+            *(f"{100 * r['phase_share'][p]:.0f}%" for p in phases),
+            f"{r['real_gflop_s']:.1f}",
+            f"{r['matmul_peak_gflop_s']:.1f}",
+            f"{r['real_fraction_of_peak']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,15 +130,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--skip", type=int, default=3, help="warm-up steps left out of the median")
     parser.add_argument("--config", type=Path, help="run config (default: configs/default.yaml)")
+    parser.add_argument("--skip-zero", action="store_true", help="only the anatomy table")
     args = parser.parse_args()
     config = args.config or REPO / "configs" / ("tiny.yaml" if args.quick else "default.yaml")
     threads = max(1, (os.cpu_count() or 2) // 2)  # 2 ranks share the machine's cores
     variants = [(stage, "trimmed", ("model.trim_vocab=true",)) for stage in (0, 1, 2, 3)]
     variants.append((1, "full", ("model.trim_vocab=false",)))
 
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_before = os.getloadavg()
+    anatomy = []
+    for name, overrides in ANATOMY:
+        anatomy.append({"name": name, **run_anatomy(config, args.steps, args.skip, overrides)})
+        print(f"{name}: {anatomy[-1]['step_s']:.2f} s/step", flush=True)
+    print(anatomy_table(anatomy), flush=True)
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage, vocab, overrides in variants:
+        for stage, vocab, overrides in [] if args.skip_zero else variants:
             t0 = time.perf_counter()
             out = Path(tmp) / f"zero{stage}-{vocab}"
             metrics = run_stage(stage, config, args.steps, out, threads, overrides)
@@ -96,7 +165,7 @@ def main() -> None:
                     "wall_s": time.perf_counter() - t0,
                 }
             )
-    base = rows[0]["params_mib_per_rank"] + rows[0]["optimizer_mib_per_rank"]
+    base = rows[0]["params_mib_per_rank"] + rows[0]["optimizer_mib_per_rank"] if rows else 1.0
     for row in rows:
         row["state_vs_zero0"] = (row["params_mib_per_rank"] + row["optimizer_mib_per_rank"]) / base
 
@@ -124,6 +193,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     result = {
+        "command": " ".join(["python", "bench/train.py", *sys.argv[1:]]),
+        "started": started,
+        "load_before": load_before,
+        "anatomy": anatomy,
+        "anatomy_table": anatomy_table(anatomy),
         "config": config.name,
         "ranks": 2,
         "steps": args.steps,
@@ -133,6 +207,7 @@ def main() -> None:
         "table": table,
     }
     name = "train-quick" if args.quick else "train" if args.config is None else f"train-{config.stem}"
+    name += "-anatomy" if args.skip_zero else ""
     out = REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = out.with_suffix(".json.tmp")

@@ -37,6 +37,7 @@ Pooling = Literal["mean", "cls"]
 Precision = Literal["fp32", "bf16"]
 OnError = Literal["raise", "skip"]
 EvalKind = Literal["parallel", "bible", "clir"]
+TeacherCacheDtype = Literal["off", "fp32", "fp16"]
 LOSS_TERMS: tuple[str, ...] = typing.get_args(LossTerm)
 
 # A range: (test, what is expected), checked at load time on the field that carries it.
@@ -99,6 +100,9 @@ class DataConfig:
     max_pairs: int = setting(0, check=NONNEG)
     num_workers: int = setting(1, check=NONNEG)
     shuffle_buffer: int = setting(1000, check=ATLEAST1)
+    # Length grouping: sort each window of this many pairs of the epoch's order by length, so that a
+    # batch pads little (data/stream.py); 0 = off. A few global batches' worth is enough.
+    length_window: int = setting(0, check=NONNEG)
     on_error: OnError = "raise"  # skip: bad samples dropped and counted
     # With on_error=skip: a run that skipped more than this fraction of the pairs it drew fails at the end.
     max_skip_fraction: float = setting(0.01, check=FRACTION)
@@ -171,6 +175,10 @@ class TrainConfig:
     # DeepSpeed JSON (relative to the repo root unless absolute); batch/lr/clip fields come from here.
     deepspeed: str = "configs/ds/zero1.json"
     precision: Precision = "fp32"
+    # Read the frozen teacher's English outputs from a cache built once per shard set (beside the
+    # shards; train/teacher_cache.py) instead of computing them every step: fp32 gives the same
+    # numbers as the live teacher, fp16 half the size; off = compute live.
+    teacher_cache: TeacherCacheDtype = "off"
     # Warn when the mean pairwise cosine of the student's sentence embeddings (collapse/student_cos)
     # has used up this fraction of the room between its first-step value and 1: sentence embeddings
     # start near 0.9 for e5 and 0.5 for MiniLM, so a fixed threshold cannot fit both.
@@ -365,6 +373,9 @@ def validate(cfg: Config, source: str | Source = "config") -> None:
     weights = [b.weight for b in cfg.data.bitexts]
     if any(weights) and not all(weights):
         fail("data.bitexts[].weight", weights, "a weight on every bitext, or on none (temperature)")
+    if cfg.train.teacher_cache != "off" and cfg.model.teacher_partitioned:
+        whole = "off with model.teacher_partitioned (a rank holds a shard of the teacher, not all of it)"
+        fail("train.teacher_cache", cfg.train.teacher_cache, whole)
     if cfg.train.eval_every:
         names = [s.name for s in cfg.eval.sets]
         dev_set = cfg.train.dev_set or (names[0] if names else "")

@@ -197,6 +197,7 @@ class ShardLoader:
         """Resume from ``state_dict()`` of a run over the same data, order and seed (any R, W, B)."""
         if state.get("version") != STATE_VERSION:
             raise DataStateError(f"data state version {state.get('version')!r}, expected {STATE_VERSION}")
+        state = {"length_window": 0, **state}  # saved before length grouping existed: it was off
         mismatched = {k: (state.get(k), v) for k, v in self.stream.state().items() if state.get(k) != v}
         if mismatched:
             # A different order would silently repeat and skip pairs: refuse (saved, current).

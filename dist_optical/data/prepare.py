@@ -59,4 +59,5 @@ def training_stream(cfg: Config, manifests: list[Path], rank: int = 0, world_siz
         max_pairs=cfg.data.max_pairs,
         weights=explicit if all(explicit) else None,
         temperature=cfg.data.temperature,
+        length_window=cfg.data.length_window,
     )

@@ -17,6 +17,12 @@ t % W, as whole batches, so DataLoader's round-robin over workers returns steps 
 just a new ``start``; because the order is global, a different R, W or B on resume still sees every
 pair of the epoch exactly once.
 
+Length grouping (``length_window`` > 1): after the merge, each consecutive window of that many
+positions is sorted by pair length (both sides' characters), ascending or descending at random per
+window, so each batch holds pairs of similar length and pads little. It permutes positions inside a
+window, so every guarantee above holds; and it does not depend on R, W or B (only on the lengths,
+the seed and the epoch), so resuming elsewhere still continues the same order.
+
 Remainder policy: the last (N - start) mod (R*B) pairs of an epoch's order (< one global batch) are
 dropped, with a warning, so every rank takes the same number of steps (no rank waits on a collective
 that others never reach). The order is reshuffled each epoch, so a different tail is dropped each time.
@@ -38,7 +44,7 @@ from webdataset.shardlists import expand_urls
 from dist_optical.config import OnError
 from dist_optical.errors import UserError
 
-from .shards import MANIFEST, ShardReadError, load_manifest, read_shard
+from .shards import MANIFEST, ShardReadError, load_manifest, pair_length, read_shard
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,27 @@ class ShardError(UserError):
     def __init__(self, message: str, kind: str = "corrupt_shard") -> None:
         super().__init__(message)  # one argument: DataLoader re-raises worker errors as type(err)(msg)
         self.kind = kind
+
+
+def group_by_length(
+    order: np.ndarray, lengths: np.ndarray, window: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``order`` with each consecutive ``window`` positions sorted by ``lengths[id]``, in a random
+    direction per window (module doc); unchanged when window <= 1."""
+    if window <= 1:
+        return order
+    grouped = order.copy()
+    for lo in range(0, len(order), window):
+        block = grouped[lo : lo + window]
+        ranked = block[np.argsort(lengths[block], kind="stable")]
+        grouped[lo : lo + window] = ranked[::-1] if rng.random() < 0.5 else ranked
+    return grouped
+
+
+def _sample_length(sample: dict[str, Any]) -> int:
+    """A raw shard sample's `pair_length` (undecodable text counts as empty: it is skipped later)."""
+    text = [sample.get(f, b"").decode("utf-8", errors="replace") for f in ("src.txt", "tgt.txt")]
+    return pair_length(*text)
 
 
 def language_weights(sizes: Sequence[int], temperature: float = 1.0) -> np.ndarray:
@@ -101,6 +128,8 @@ class ShardStream(IterableDataset):
             budget).
         weights: one positive weight per source (relative); None = ``language_weights(sizes,
             temperature)``.
+        length_window: > 1 sorts each window of that many positions of the order by pair length
+            (module doc); 0 = off.
 
     Samples are ``{key, src, tgt, lang}`` strings (lang: the source manifest's ``src_lang``).
     Iterating the stream directly yields epoch ``set_epoch(e)`` from its start; training should use
@@ -119,12 +148,14 @@ class ShardStream(IterableDataset):
         max_pairs: int = 0,
         weights: Sequence[float] | None = None,
         temperature: float = 1.0,
+        length_window: int = 0,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle, self.shuffle_buffer, self.on_error = shuffle, max(1, shuffle_buffer), on_error
+        self.length_window = length_window
         self.epoch = 0
         sources = list(manifest_path) if isinstance(manifest_path, list | tuple) else [manifest_path]
         if not sources:
@@ -135,8 +166,9 @@ class ShardStream(IterableDataset):
         full_counts: list[int] = []
         counts: list[int] = []
         source_of_shard: list[int] = []
+        lengths: list[np.ndarray] = []
         for index, source in enumerate(sources):
-            urls, source_counts, lang, sha256s = self._resolve(source)
+            urls, source_counts, lang, sha256s, shard_lengths = self._resolve(source)
             # max_pairs keeps the first N pairs of each source's manifest order: cut its shard counts.
             before = np.concatenate([[0], np.cumsum(source_counts)[:-1]]).astype(np.int64)
             kept = np.clip(max_pairs - before, 0, source_counts) if max_pairs > 0 else source_counts
@@ -146,12 +178,14 @@ class ShardStream(IterableDataset):
             full_counts += list(source_counts)
             counts += [int(c) for c in kept]
             source_of_shard += [index] * len(urls)
+            lengths += [np.asarray(n[:k], dtype=np.int64) for n, k in zip(shard_lengths, kept, strict=True)]
         self.counts = np.asarray(counts, dtype=np.int64)
         self.full_counts = np.asarray(full_counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.source_of_shard = np.asarray(source_of_shard, dtype=np.int64)
         self.source_sizes = np.bincount(self.source_of_shard, self.counts, len(sources)).astype(np.int64)
         self.num_pairs = int(self.counts.sum())
+        self.lengths = np.concatenate([np.zeros(0, np.int64), *lengths])  # (num_pairs,), sample-id order
         if weights is None:
             weights = language_weights(self.source_sizes, temperature)
         if len(weights) != len(sources) or not all(w > 0 for w in weights):
@@ -160,9 +194,11 @@ class ShardStream(IterableDataset):
             )
         self.weights = [float(w) / float(sum(weights)) for w in weights]
 
-    def _resolve(self, source: str | Path) -> tuple[list[str], list[int], str, list[str | None]]:
-        """One source -> its shard URLs, their pair counts, its language (manifest ``src_lang``) and
-        the shards' sha256 (None where there is no manifest)."""
+    def _resolve(
+        self, source: str | Path
+    ) -> tuple[list[str], list[int], str, list[str | None], list[list[int]]]:
+        """One source -> its shard URLs, their pair counts, its language (manifest ``src_lang``), the
+        shards' sha256 (None where there is no manifest) and each shard's pair lengths."""
         source = str(source)
         path = Path(source)
         if path.is_dir() or source.endswith(".json"):
@@ -178,10 +214,12 @@ class ShardStream(IterableDataset):
                 [s["pairs"] for s in shards],
                 manifest.get("src_lang", ""),
                 [s["sha256"] for s in shards],
+                [s["lengths"] for s in shards],
             )
         urls = expand_urls(source)
         self._check_files(urls, [None] * len(urls))
-        return urls, [sum(1 for _ in read_shard(url)) for url in urls], "", [None] * len(urls)
+        lengths = [[_sample_length(sample) for sample in read_shard(url)] for url in urls]
+        return urls, [len(n) for n in lengths], "", [None] * len(urls), lengths
 
     def _check_files(self, urls: list[str], sizes: list[int | None]) -> None:
         """Fail before training starts: a missing shard would otherwise surface hours in."""
@@ -202,13 +240,16 @@ class ShardStream(IterableDataset):
         """The epoch's global order: sample ids (0..num_pairs-1), a pure function of (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         orders = [self._source_order(source, rng) for source in range(len(self.languages))]
-        if not self.shuffle or len(orders) == 1:
+        if not self.shuffle:
             return np.concatenate(orders)
+        if len(orders) == 1:
+            return group_by_length(orders[0], self.lengths, self.length_window, rng)
         # Merge by weight (module doc): the k-th pair of source l is due at (k + u) / w_l.
         due = np.concatenate(
             [(np.arange(len(o)) + rng.random(len(o))) / w for o, w in zip(orders, self.weights, strict=True)]
         )
-        return np.concatenate(orders)[np.argsort(due, kind="stable")]
+        order = np.concatenate(orders)[np.argsort(due, kind="stable")]
+        return group_by_length(order, self.lengths, self.length_window, rng)
 
     def _source_order(self, source: int, rng: np.random.Generator) -> np.ndarray:
         """One source's order: its shards permuted, then a block shuffle of ``shuffle_buffer`` pairs."""
@@ -275,6 +316,7 @@ class ShardStream(IterableDataset):
             "languages": self.languages,
             "source_sizes": self.source_sizes.tolist(),
             "weights": [round(w, 12) for w in self.weights],
+            "length_window": self.length_window,
         }
 
 

@@ -91,8 +91,7 @@ def micro_step(run: Run, batch: dict[str, Any], micro_index: int) -> dict[str, f
     # Seed after fetching: a new epoch's DataLoader draws from the global RNG, and dropout must not
     # depend on when that happens (it differs between a resumed and a straight run).
     torch.manual_seed(step_seed(cfg.train.seed, run.env.rank, micro_index))
-    with torch.no_grad():
-        english = run.encode("teacher", batch["tgt_input_ids"], batch["tgt_attention_mask"])
+    english = run.encode_english(batch)
     foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
     student_english = None
     if run.objective.needs_student_english:  # English through the student too, by its own tokenizer

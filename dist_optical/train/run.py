@@ -38,6 +38,7 @@ from dist_optical.models.vocab import VOCAB_FILE, run_kept_ids, save_kept_ids, u
 from dist_optical.objectives import Objective, idf_table
 from dist_optical.train.devcurve import DevCurve
 from dist_optical.train.metrics import MetricsLogger
+from dist_optical.train.teacher_cache import TeacherCache, open_cache
 
 log = logging.getLogger("dist_optical.train")
 
@@ -60,6 +61,7 @@ class Run:
     logger: MetricsLogger
     dev: DevCurve | None
     specials: dict[str, Tensor]  # "teacher", "student": the token ids the OT mask leaves out
+    teacher_cache: TeacherCache | None  # train.teacher_cache: the teacher's English outputs, precomputed
     step: int = 0  # optimizer steps done
     collapse_baseline: float | None = None  # collapse/student_cos at the first step
     skipped: int = 0  # unreadable pairs dropped so far, all ranks (data.on_error=skip)
@@ -75,6 +77,13 @@ class Run:
         return encode(
             model, input_ids.to(device), attention_mask.to(device), self.specials[side], pooling
         ).float()
+
+    def encode_english(self, batch: dict[str, Any]) -> Encoded:
+        """The frozen teacher on the batch's English side: read from the cache, or computed."""
+        if self.teacher_cache is not None:
+            return self.teacher_cache.lookup(batch["tgt"]).map(lambda field: field.to(dist.device()))
+        with torch.no_grad():
+            return self.encode("teacher", batch["tgt_input_ids"], batch["tgt_attention_mask"])
 
     def save(self) -> Path:
         """A complete checkpoint tag of the current step (every rank saves its ZeRO shard)."""
@@ -115,6 +124,13 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
         teacher = partition_teacher(teacher, ds_config)
     else:
         teacher.to(dist.device(), torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
+    specials = {"teacher": special_ids(teacher_tok), "student": special_ids(student_tok)}
+    teacher_cache = None
+    if cfg.train.teacher_cache != "off":
+        if env.is_main:
+            open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
+        dist.barrier()  # built once, by the main rank
+        teacher_cache = open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
     stream = training_stream(cfg, manifests, env.rank, env.world_size)
     loader = ShardLoader(
         stream,
@@ -148,7 +164,8 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
         dev=DevCurve(cfg, Encoder(cfg.model.teacher, teacher, teacher_tok, **encoding(cfg)))
         if cfg.train.eval_every
         else None,
-        specials={"teacher": special_ids(teacher_tok), "student": special_ids(student_tok)},
+        specials=specials,
+        teacher_cache=teacher_cache,
         step=step,
         collapse_baseline=collapse_baseline,
     )

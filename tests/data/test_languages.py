@@ -43,9 +43,10 @@ def languages_of(stream: ShardStream, ids: np.ndarray) -> np.ndarray:
     return np.array(stream.languages)[stream.source_of_shard[shard]]
 
 
-def test_every_pair_of_every_language_once_across_ranks_and_workers(sources):
+@pytest.mark.parametrize("window", [0, 40])
+def test_every_pair_of_every_language_once_across_ranks_and_workers(sources, window):
     total = sum(SIZES.values())
-    per_rank = epoch_pairs(sources, 2, 4, workers=2)
+    per_rank = epoch_pairs(sources, 2, 4, workers=2, length_window=window)
     seen = [p for pairs in per_rank for p in pairs]
     assert len(per_rank[0]) == len(per_rank[1]) == total // 8 * 4
     assert len(seen) == len(set(seen)) == total - total % 8

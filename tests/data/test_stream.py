@@ -112,10 +112,11 @@ def test_epoch_exactly_once_two_ranks_two_workers(shard_dir):
     assert set(all_keys) - set(seen) == {all_keys[i] for i in order[len(seen) :]}
 
 
-def test_order_is_deterministic_and_independent_of_workers(shard_dir):
-    a = epoch_keys(2, 4, shard_dir, workers=0, seed=3)
-    b = epoch_keys(2, 4, shard_dir, workers=3, seed=3)
-    c = epoch_keys(2, 4, shard_dir, workers=0, seed=4)
+@pytest.mark.parametrize("window", [0, 32])
+def test_order_is_deterministic_and_independent_of_workers(shard_dir, window):
+    a = epoch_keys(2, 4, shard_dir, workers=0, seed=3, length_window=window)
+    b = epoch_keys(2, 4, shard_dir, workers=3, seed=3, length_window=window)
+    c = epoch_keys(2, 4, shard_dir, workers=0, seed=4, length_window=window)
     assert a == b and a != c
     unshuffled = epoch_keys(1, 7, shard_dir, shuffle=False)
     assert [k for batch in unshuffled[0] for k in batch] == manifest_keys(shard_dir)[: N_PAIRS // 7 * 7]
@@ -177,37 +178,40 @@ def test_resume_matches_uninterrupted_run(shard_dir):
     assert head + [b["key"] for b in take(resumed, 23)] == reference
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     stop=st.integers(0, 30),
     world=st.integers(1, 4),
     batch=st.integers(1, 9),
     new_world=st.integers(1, 4),
     new_batch=st.integers(1, 9),
+    window=st.sampled_from([0, 8, 64]),
 )
-def test_resume_anywhere_property(shard_dir, stop, world, batch, new_world, new_batch):
-    """Stop after any number of steps, resume with any R and B: the epoch is a prefix of the order."""
+def test_resume_anywhere_property(shard_dir, stop, world, batch, new_world, new_batch, window):
+    """Stop after any number of steps, resume with any R and B: the epoch is a prefix of the order
+    (with or without length grouping)."""
+    kw = {"seed": 2, "length_window": window}
     loaders = [
-        ShardLoader(ShardStream(shard_dir, rank=r, world_size=world, seed=2), batch) for r in range(world)
+        ShardLoader(ShardStream(shard_dir, rank=r, world_size=world, **kw), batch) for r in range(world)
     ]
     stop = min(stop, loaders[0].steps_per_epoch)
     before = [k for loader in loaders for b in take(loader, stop) for k in b["key"]]
     after = [
         k
-        for bs in epoch_keys(new_world, new_batch, shard_dir, 0, loaders[0].state_dict(), seed=2)
+        for bs in epoch_keys(new_world, new_batch, shard_dir, 0, loaders[0].state_dict(), **kw)
         for b in bs
         for k in b
     ]
     union = before + after
     all_keys = manifest_keys(shard_dir)
-    order = ShardStream(shard_dir, seed=2).epoch_order(0)
+    order = ShardStream(shard_dir, **kw).epoch_order(0)
     assert len(union) == len(set(union)) and set(union) == {all_keys[i] for i in order[: len(union)]}
     assert N_PAIRS - len(union) < new_world * new_batch
 
 
 def test_state_from_another_order_is_refused(shard_dir):
     state = ShardLoader(ShardStream(shard_dir, seed=0), 4).state_dict()
-    for kwargs in ({"seed": 1}, {"max_pairs": 100}, {"shuffle_buffer": 10}):
+    for kwargs in ({"seed": 1}, {"max_pairs": 100}, {"shuffle_buffer": 10}, {"length_window": 16}):
         with pytest.raises(UserError, match="does not match"):
             ShardLoader(ShardStream(shard_dir, **kwargs), 4).load_state_dict(state)
 
@@ -376,3 +380,33 @@ def test_an_iterator_left_open_does_not_hang_interpreter_exit(shard_dir):
     proc = subprocess.run([sys.executable, "-c", ABANDON, str(shard_dir)], capture_output=True, text=True,
                           timeout=60, cwd=REPO_ROOT)  # fmt: skip
     assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_length_grouping_keeps_each_pair_once_and_cuts_padding(shard_dir):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    lengths = dict(
+        zip(manifest_keys(shard_dir), [n for e in manifest["shards"] for n in e["lengths"]], strict=True)
+    )
+
+    def padding(per_rank) -> int:  # characters a batch pads up to its longest pair, summed
+        return sum(
+            max(lengths[k] for k in b) * len(b) - sum(lengths[k] for k in b) for bs in per_rank for b in bs
+        )
+
+    plain = epoch_keys(2, 4, shard_dir, workers=2, seed=5)
+    grouped = epoch_keys(2, 4, shard_dir, workers=2, seed=5, length_window=64)
+    seen = [k for bs in grouped for b in bs for k in b]
+    assert len(seen) == len(set(seen)) == N_PAIRS - N_PAIRS % 8  # exactly once, as without grouping
+    assert padding(grouped) < 0.5 * padding(plain)
+    assert (
+        ShardStream(shard_dir, seed=5, length_window=64).epoch_order(1).tolist()
+        != ShardStream(shard_dir, seed=5, length_window=64).epoch_order(0).tolist()
+    )  # still reshuffled every epoch
+
+
+def test_pattern_sources_measure_the_same_lengths_as_the_manifest(shard_dir):
+    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    pattern = str(shard_dir / f"swh-eng-{{000000..{len(names) - 1:06d}}}.tar")
+    assert ShardStream(pattern).lengths.tolist() == ShardStream(shard_dir).lengths.tolist()
+    grouped = {"seed": 5, "length_window": 16}
+    assert epoch_keys(2, 4, shard_dir, **grouped) == epoch_keys(2, 4, pattern, **grouped)

@@ -1,0 +1,177 @@
+"""The frozen teacher's outputs, computed once per shard set and read back instead of recomputed.
+
+The teacher never changes during training and sees only the English side, which the shipped
+Bibles share across languages: the token states and pooled vector of every distinct English text
+the run's stream draws from (the first data.max_pairs of each language) are stored once
+(`train.teacher_cache`: fp32, or fp16 to halve the size) beside the shards, in
+`{data.shards}/teacher-cache/{key}/`, memory-mapped at run time. The key hashes everything that
+determines them: the teacher's weights, its tokenizer, model.prefix, model.max_length,
+model.pooling, the teacher's precision, the cache dtype, data.max_pairs and every shard's sha256;
+a change of any one is another folder, built on first use (temp folder, marker written last,
+rename, under a lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from dist_optical.config import Config, repo_path
+from dist_optical.data import ShardStream
+from dist_optical.data.collate import tokenize
+from dist_optical.files import atomic_write, hold_lock
+from dist_optical.models import Encoded, encode
+
+log = logging.getLogger("dist_optical.teacher_cache")
+
+MARKER = "complete.json"  # written last: a folder without it is an interrupted build
+BUILD_BATCH = 64
+
+
+def cache_key(
+    cfg: Config, teacher: nn.Module, tokenizer: PreTrainedTokenizerBase, manifests: list[Path]
+) -> dict[str, Any]:
+    """Everything the cached outputs depend on (its sha256 names the folder)."""
+    weights = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    shards = [
+        s["sha256"] for m in manifests for s in json.loads(Path(m).read_text(encoding="utf-8"))["shards"]
+    ]
+    return {
+        "teacher": cfg.model.teacher,
+        "weights_sha256": weights.hexdigest(),
+        "tokenizer_sha256": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "prefix": cfg.model.prefix,
+        "max_length": cfg.model.max_length,
+        "pooling": cfg.model.pooling,
+        "precision": cfg.train.precision,
+        "dtype": cfg.train.teacher_cache,
+        "shards_sha256": hashlib.sha256("".join(shards).encode()).hexdigest(),
+        "max_pairs": cfg.data.max_pairs,  # the pairs the run's stream draws from
+    }
+
+
+class TeacherCache:
+    """English text -> the teacher's `Encoded`, read from the memory-mapped arrays of one folder."""
+
+    def __init__(self, folder: Path, pad_id: int) -> None:
+        self.folder = folder
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # (all tokens, d)
+        self.input_ids = np.load(folder / "input_ids.npy", mmap_mode="r")
+        self.real = np.load(folder / "real.npy", mmap_mode="r")  # not padding, not special
+        self.pooled = np.load(folder / "pooled.npy", mmap_mode="r")  # (texts, d), fp32
+        self.offsets = np.load(folder / "offsets.npy")  # (texts + 1,)
+        texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
+        self.row = {text: i for i, text in enumerate(texts)}
+        self.pad_id = pad_id
+
+    def lookup(self, texts: list[str]) -> Encoded:
+        """The batch as the live teacher would return it, padded to its longest text; the padded
+        positions are zeros (every consumer masks them out)."""
+        rows = [self.row[text] for text in texts]
+        spans = [(int(self.offsets[r]), int(self.offsets[r + 1])) for r in rows]
+        length = max(hi - lo for lo, hi in spans)
+        tokens = torch.zeros(len(rows), length, self.tokens.shape[1])
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, (lo, hi) in enumerate(spans):
+            tokens[i, : hi - lo] = torch.from_numpy(np.array(self.tokens[lo:hi], dtype=np.float32))
+            input_ids[i, : hi - lo] = torch.from_numpy(np.array(self.input_ids[lo:hi], dtype=np.int64))
+            mask[i, : hi - lo] = torch.from_numpy(np.array(self.real[lo:hi]))
+        pooled = torch.from_numpy(np.array(self.pooled[rows], dtype=np.float32))
+        return Encoded(tokens=tokens, mask=mask, input_ids=input_ids, pooled=pooled)
+
+
+def open_cache(
+    cfg: Config,
+    manifests: list[Path],
+    teacher: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    special: Tensor,
+) -> TeacherCache:
+    """The cache for this run's teacher and shards: opened if built, else built first (main rank;
+    the caller's barrier lets the other ranks open it after)."""
+    key = cache_key(cfg, teacher, tokenizer, manifests)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = repo_path(cfg.data.shards) / "teacher-cache" / digest
+    if not (folder / MARKER).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with hold_lock(folder.parent / f".{digest}.lock", f"teacher cache {digest}"):
+            if not (folder / MARKER).is_file():  # another process may have built it meanwhile
+                _build(folder, key, cfg, manifests, teacher, tokenizer, special)
+    return TeacherCache(folder, tokenizer.pad_token_id or 0)
+
+
+def _build(
+    folder: Path,
+    key: dict[str, Any],
+    cfg: Config,
+    manifests: list[Path],
+    teacher: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    special: Tensor,
+) -> None:
+    start = time.perf_counter()
+    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs, on_error=cfg.data.on_error)
+    texts = sorted({pair["tgt"] for pair in stream}, key=len)  # by length: batches pad little
+    dtype = np.float16 if cfg.train.teacher_cache == "fp16" else np.float32
+    device = next(teacher.parameters()).device
+    tokens, input_ids, real, pooled, offsets = [], [], [], [], [0]
+    with torch.no_grad():
+        for lo in tqdm(range(0, len(texts), BUILD_BATCH), desc="teacher cache", leave=False):
+            batch = tokenize(tokenizer, texts[lo : lo + BUILD_BATCH], cfg.model.max_length, cfg.model.prefix)
+            out = encode(
+                teacher,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                special,
+                cfg.model.pooling,
+            ).float()
+            for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+                tokens.append(out.tokens[i, :n].cpu().numpy().astype(dtype))
+                input_ids.append(batch["input_ids"][i, :n].numpy().astype(np.int32))
+                real.append(out.mask[i, :n].cpu().numpy())
+                offsets.append(offsets[-1] + n)
+            pooled.append(out.pooled.cpu().numpy())
+    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}.build-", dir=folder.parent))
+    try:
+        for name, array in (
+            ("tokens", np.concatenate(tokens)),
+            ("input_ids", np.concatenate(input_ids)),
+            ("real", np.concatenate(real)),
+            ("pooled", np.concatenate(pooled).astype(np.float32)),
+            ("offsets", np.asarray(offsets, dtype=np.int64)),
+        ):
+            with open(build / f"{name}.npy", "wb") as handle:
+                np.save(handle, array)
+                handle.flush()
+                os.fsync(handle.fileno())  # on disk before the marker says the folder is complete
+        atomic_write(build / "texts.json", json.dumps(texts, ensure_ascii=False))
+        seconds = time.perf_counter() - start
+        size = sum(p.stat().st_size for p in build.iterdir())
+        atomic_write(
+            build / MARKER, json.dumps({**key, "texts": len(texts), "bytes": size, "build_s": seconds})
+        )
+        build.rename(folder)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)  # only this build's own temp folder
+        raise
+    log.info(
+        "built the teacher cache of %d English texts (%.0f MB, %s) in %.0f s: %s",
+        len(texts), size / 2**20, cfg.train.teacher_cache, seconds, folder,
+    )  # fmt: skip
