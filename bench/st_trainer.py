@@ -1,7 +1,7 @@
 """dist-optical against sentence-transformers' own trainer: the same student, data, batch and
 objective (MSE distillation, Reimers & Gurevych 2020), trained side by side in one run.
 
-    python bench/st_trainer.py                 # 5 warm-up + 40 measured steps per side (~6-8 min, 2 cores)
+    python bench/st_trainer.py                 # 5 warm-up + 40 measured steps per side (~7 min, 2 cores)
     python bench/st_trainer.py --steps 10 --warmup 2   # a smoke run
 
 The frozen teacher (multilingual-e5-small, mean pooling, max_length 64, no prefix) embeds the
@@ -9,7 +9,7 @@ English side of Swahili-English New Testament verse pairs (REV held out); the st
 from the same e5 weights, is trained so that its mean-pooled embedding of the Swahili side matches
 the teacher's English embedding. Batch 16, the lr / warm-up / weight decay / clipping of
 configs/default.yaml (and TrainConfig's defaults), AdamW, fp32, CPU, no evaluation, no checkpoint
-inside the timed steps. Three sides, one after the other (never at once), each in its own process
+inside the timed steps. The sides run one after the other (never at once), each in its own process
 with the same torch thread count:
 
 1. dist-optical, trimmed vocabulary (`model.trim_vocab=true`, the default): a real
@@ -19,7 +19,9 @@ with the same torch thread count:
 3. sentence-transformers: `SentenceTransformerTrainer` + `losses.MSELoss`, the student a
    `SentenceTransformer` of `Transformer(local e5 folder) + Pooling("mean")`; the teacher
    embeddings precomputed as its docs show (`datasets.Dataset.map` with `teacher.encode` into a
-   `label` column), and timed separately.
+   `label` column), and timed separately. Run once per `--st-optims` entry: by default with the
+   trainer's own default optimizer (`adamw_torch_fused`), then with `adamw_torch` (unfused torch
+   AdamW, the kernel DeepSpeed's `torch_adam` runs), so the optimizer's share is visible.
 
 What a step's time covers. dist-optical (`samples_per_s` in RUN/metrics.jsonl): fetching the
 batch from its loader (tokenized in a DataLoader worker), the teacher forward on the English side
@@ -42,6 +44,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -161,26 +164,14 @@ def run_dist_optical(total_steps: int, warmup: int, trim: bool, threads: int, tm
             kept = int(json.loads(vocab_file.read_text())["rows"])
     return {
         "side": f"dist-optical, {'trimmed' if trim else 'full'} vocabulary",
-        "command": " ".join(
-            [
-                "python",
-                "-m",
-                "dist_optical",
-                "train",
-                "--config",
-                "configs/default.yaml",
-                "--out",
-                "DIR",
-                *(repr(o) if " " in o else o for o in cmd[8:]),
-            ]
-        ),
+        "command": shlex.join(["dist-optical", *cmd[3:7], "DIR", *cmd[8:]]),
         "trim_vocab": trim,
         "kept_vocab_rows": kept,
         "steps_total": total_steps,
         "steps_measured": len(timed),
         "samples_per_s_median": statistics.median(m["samples_per_s"] for m in timed),
-        "samples_per_s_mean": len(timed)
-        / sum(seconds),  # total samples / total seconds (per-sample s summed)
+        # all measured samples / all measured seconds (each step's seconds per sample, summed)
+        "samples_per_s_mean": len(timed) / sum(seconds),
         "step_s_median": statistics.median(batch / m["samples_per_s"] for m in timed),
         "loss_first": metrics[0]["loss"],
         "loss_last5": statistics.mean(m["loss"] for m in metrics[-5:]),
@@ -404,82 +395,54 @@ def versions() -> dict[str, str]:
 
 
 def table(result: dict) -> str:
-    rows = result["sides"]
-    trim, full, st = rows["dist_optical_trimmed"], rows["dist_optical_full"], rows["sentence_transformers"]
-    r = result["ratios"]
+    sides, r = result["sides"], result["ratios"]
+    trim, full = sides["dist_optical_trimmed"], sides["dist_optical_full"]
     lines = [
-        "| side | vocabulary | teacher | samples/s (median) | samples/s (mean) | s/step (median) "
-        "| load1 before → after | dist-optical trimmed / this | dist-optical full / this |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|",
+        "| side | vocabulary | optimizer | teacher | samples/s (median) | samples/s (mean) "
+        "| s/step (median) | load1 before → after | dist-optical trimmed / this | dist-optical full / this |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
     ]
 
-    def row(name, vocab, teacher, med, mean, step_s, before, after, vs_trim, vs_full):
-        def ratio(x):
-            return f"{x:.2f}x" if x is not None else ""
+    def ratio(x):
+        return f"{x:.2f}x" if x is not None else ""
 
+    def row(name, vocab, optim, teacher, med, mean, step_s, side, vs_trim=None, vs_full=None):
         lines.append(
-            f"| {name} | {vocab} | {teacher} | {med:.2f} | {mean:.2f} | {step_s:.3f} | {before} → {after} "
-            f"| {ratio(vs_trim)} | {ratio(vs_full)} |"
+            f"| {name} | {vocab} | {optim} | {teacher} | {med:.2f} | {mean:.2f} | {step_s:.3f} "
+            f"| {side['load1_before']} → {side['load1_after']} | {ratio(vs_trim)} | {ratio(vs_full)} |"
         )
 
-    row(
-        "dist-optical",
-        f"trimmed ({trim['kept_vocab_rows'] or '?'} rows)",
-        "live, in the step",
-        trim["samples_per_s_median"],
-        trim["samples_per_s_mean"],
-        trim["step_s_median"],
-        trim["load1_before"],
-        trim["load1_after"],
-        None,
-        None,
-    )
-    row(
-        "dist-optical",
-        "full (250,037 rows)",
-        "live, in the step",
-        full["samples_per_s_median"],
-        full["samples_per_s_mean"],
-        full["step_s_median"],
-        full["load1_before"],
-        full["load1_after"],
-        r["trimmed_vs_full"],
-        None,
-    )
-    row(
-        "sentence-transformers",
-        "full (250,037 rows)",
-        "precomputed, not in the step",
-        st["samples_per_s_median"],
-        st["samples_per_s_mean"],
-        st["step_s_median"],
-        st["load1_before"],
-        st["load1_after"],
-        r["trimmed_vs_st_steps_only"],
-        r["full_vs_st_steps_only"],
-    )
-    per = st["teacher_embedding_s"] / st["teacher_embedding_sentences"]
-    row(
-        "sentence-transformers",
-        "full (250,037 rows)",
-        "precomputed, time added",
-        st["with_teacher_samples_per_s_median"],
-        st["with_teacher_samples_per_s_mean"],
-        st["step_s_median"] + per * result["batch"],
-        st["load1_before"],
-        st["load1_after"],
-        r["trimmed_vs_st_with_teacher"],
-        r["full_vs_st_with_teacher"],
-    )
+    ds_optim = "DeepSpeed ZeRO-1, torch AdamW"
+    row("dist-optical", f"trimmed ({trim['kept_vocab_rows'] or '?'} rows)", ds_optim, "live, in the step",
+        trim["samples_per_s_median"], trim["samples_per_s_mean"], trim["step_s_median"], trim)  # fmt: skip
+    row("dist-optical", "full (250,037 rows)", ds_optim, "live, in the step", full["samples_per_s_median"],
+        full["samples_per_s_mean"], full["step_s_median"], full, r["trimmed_vs_full"])  # fmt: skip
+    notes = []
+    for key, st in sides.items():
+        if not key.startswith("st_"):
+            continue
+        q = r[key]
+        row("sentence-transformers", "full (250,037 rows)", st["optim"], "precomputed, not in the step",
+            st["samples_per_s_median"], st["samples_per_s_mean"], st["step_s_median"], st,
+            q["trimmed_vs_steps_only"], q["full_vs_steps_only"])  # fmt: skip
+        per = st["teacher_embedding_s"] / st["teacher_embedding_sentences"]
+        row("sentence-transformers", "full (250,037 rows)", st["optim"], "precomputed, its time added",
+            st["with_teacher_samples_per_s_median"], st["with_teacher_samples_per_s_mean"],
+            st["step_s_median"] + per * result["batch"], st,
+            q["trimmed_vs_with_teacher"], q["full_vs_with_teacher"])  # fmt: skip
+        notes.append(
+            f"ST ({st['optim']}): teacher embedding {st['teacher_embedding_sentences']} English sentences in "
+            f"{st['teacher_embedding_s']:.1f} s ({st['teacher_samples_per_s']:.1f}/s, load1 "
+            f"{st['teacher_embedding_load1_before']} before); its teacher vs dist-optical's encode max "
+            f"|Δ| {st['teacher_max_abs_diff_vs_dist_optical_encode']:.1e}; MSE {st['loss_first']:.5f} → "
+            f"{st['loss_last5']:.5f} (first step → mean of the last 5); {st['trainable_params']:,} "
+            "trainable parameters."
+        )
     lines += [
         "",
-        f"Teacher embedding (ST side): {st['teacher_embedding_sentences']} English sentences in "
-        f"{st['teacher_embedding_s']:.1f} s ({st['teacher_samples_per_s']:.1f} sentences/s; load1 "
-        f"{st['teacher_embedding_load1_before']} before); ST teacher vs dist-optical encode max |Δ| "
-        f"{st['teacher_max_abs_diff_vs_dist_optical_encode']:.2e}.",
-        f"Loss (MSE) first → mean of last 5 steps: dist-optical trimmed {trim['loss_first']:.5f} → "
-        f"{trim['loss_last5']:.5f}, full {full['loss_first']:.5f} → {full['loss_last5']:.5f}, "
-        f"ST {st['loss_first']:.5f} → {st['loss_last5']:.5f}.",
+        f"dist-optical MSE first step → mean of the last 5: trimmed {trim['loss_first']:.5f} → "
+        f"{trim['loss_last5']:.5f}, full {full['loss_first']:.5f} → {full['loss_last5']:.5f}.",
+        *notes,
     ]
     return "\n".join(lines)
 
@@ -494,11 +457,12 @@ def main() -> None:
         "--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS) for every side"
     )
     parser.add_argument(
-        "--st-optim",
-        default="adamw_torch_fused",
-        help="the ST trainer's optimizer (default: its own default; adamw_torch = torch AdamW, "
-        "unfused, as DeepSpeed's torch_adam)",
+        "--st-optims",
+        default="adamw_torch_fused,adamw_torch",
+        help="the ST trainer's optimizers, one ST run each (default: its own default, fused, then "
+        "adamw_torch: torch AdamW unfused, the kernel DeepSpeed's torch_adam runs)",
     )
+    parser.add_argument("--st-optim", help=argparse.SUPPRESS)  # the worker's one optimizer
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "st_trainer.json")
     parser.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -525,19 +489,25 @@ def main() -> None:
             sides[key] = run_dist_optical(total, args.warmup, trim, args.threads, Path(tmp))
             side = sides[key]
             print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
-        print(
-            f"[{time.strftime('%H:%M:%S')}] sentence_transformers: {total} steps, load1 {load1()}", flush=True
-        )
-        sides["sentence_transformers"] = run_st(
-            pairs, settings, total, args.warmup, args.threads, args.st_optim, Path(tmp)
-        )
-        st = sides["sentence_transformers"]
-        print(f"  {st['samples_per_s_median']:.2f} samples/s (median), wall {st['wall_s']:.0f} s")
-    trim, full = (
-        sides["dist_optical_trimmed"]["samples_per_s_median"],
-        sides["dist_optical_full"]["samples_per_s_median"],
-    )
-    st_steps, st_teacher = st["samples_per_s_median"], st["with_teacher_samples_per_s_median"]
+        for optim in [o.strip() for o in args.st_optims.split(",") if o.strip()]:
+            key = f"st_{optim}"
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {total} steps, load1 {load1()}", flush=True)
+            sides[key] = run_st(pairs, settings, total, args.warmup, args.threads, optim, Path(tmp))
+            side = sides[key]
+            print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
+    trim = sides["dist_optical_trimmed"]["samples_per_s_median"]
+    full = sides["dist_optical_full"]["samples_per_s_median"]
+    # dist-optical's samples/s over the other side's (medians): > 1 means dist-optical is faster
+    ratios = {"trimmed_vs_full": trim / full}
+    for key, side in sides.items():
+        if key.startswith("st_"):
+            steps_only, with_teacher = side["samples_per_s_median"], side["with_teacher_samples_per_s_median"]
+            ratios[key] = {
+                "trimmed_vs_steps_only": trim / steps_only,
+                "full_vs_steps_only": full / steps_only,
+                "trimmed_vs_with_teacher": trim / with_teacher,
+                "full_vs_with_teacher": full / with_teacher,
+            }
     result = {
         "command": " ".join(["python", "bench/st_trainer.py", *sys.argv[1:]]),
         "date": started.isoformat(timespec="seconds"),
@@ -564,13 +534,7 @@ def main() -> None:
             "dist_optical_pairs": "its shuffled stream over the same bitext",
         },
         "settings": settings,
-        "ratios": {  # dist-optical samples/s over the other side's (medians); > 1 = dist-optical faster
-            "trimmed_vs_full": trim / full,
-            "trimmed_vs_st_steps_only": trim / st_steps,
-            "full_vs_st_steps_only": full / st_steps,
-            "trimmed_vs_st_with_teacher": trim / st_teacher,
-            "full_vs_st_with_teacher": full / st_teacher,
-        },
+        "ratios": ratios,
         "sides": sides,
     }
     result["table"] = table(result)
