@@ -10,8 +10,10 @@ forward (English), the student's forward (foreign), the objective, backward, opt
 the wait for the next batch. FLOPs are counted per sequence from the encoder's shapes (layers L,
 width d, FFN f; a sequence of n tokens costs L * (2n(4d^2 + 2df) + 4n^2 d) forward, backward twice
 that; embeddings, norms and the loss are left out), for the real tokens (attention mask) and for
-every padded position. The machine's dense fp32 rate is measured in the same process: torch.mm at
-the encoder's own projection shapes (tokens x d times d x f, and d x d), at the same thread count.
+every padded position, over the work actually done: the student's forward and backward, and the
+teacher's forward unless the teacher cache replaced it. The machine's dense fp32 rate is measured in
+the same process: torch.mm at the encoder's own projection shapes (tokens x d times d x f, and
+d x d), at the same thread count.
 Prints one JSON object.
 """
 
@@ -62,6 +64,7 @@ def matmul_rate(tokens: int, width: int, ffn: int, seconds: float = 2.0) -> floa
 def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
     cfg = load_config(config, [*overrides, f"train.max_steps={steps}", "train.eval_every=0"])
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "run").mkdir()
         run = setup_run(cfg, Path(tmp) / "run", "", dist.setup())
         cache = None  # the cache's record: size, texts, and how long its (first) build took
         if run.teacher_cache is not None:
@@ -94,19 +97,19 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
         run.engine.destroy()
     timed = records[skip:]
     step_s = statistics.median(sum(r["times"].values()) for r in timed)
+    # The work done: the student's forward and backward (2x), and the teacher's forward unless the
+    # cache replaced it (then the English side costs no FLOPs and its padding costs nothing).
+    computed = {"student": 3, **({"teacher": 1} if cache is None else {})}
     flops = {}
     for kind in ("real", "padded"):
         per_step = [
-            encoder_flops(r["tokens"]["teacher"][kind], *shape)
-            + 3 * encoder_flops(r["tokens"]["student"][kind], *shape)  # forward + backward (2x)
+            sum(times * encoder_flops(r["tokens"][side][kind], *shape) for side, times in computed.items())
             for r in timed
         ]
         flops[kind] = statistics.mean(per_step)
-    real_tokens = sum(int(r["tokens"][side]["real"].sum()) for r in timed for side in ("teacher", "student"))
-    padded_tokens = sum(
-        int(r["tokens"][side]["padded"].sum()) for r in timed for side in ("teacher", "student")
-    )
-    mean_tokens = padded_tokens // (2 * len(timed))
+    real_tokens = sum(int(r["tokens"][side]["real"].sum()) for r in timed for side in computed)
+    padded_tokens = sum(int(r["tokens"][side]["padded"].sum()) for r in timed for side in computed)
+    mean_tokens = padded_tokens // (len(computed) * len(timed))
     peak = matmul_rate(max(64, mean_tokens), shape[1], shape[2])
     total = {phase: sum(r["times"][phase] for r in timed) for phase in PHASES}
     return {

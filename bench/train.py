@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dist_optical.config import load_config  # noqa: E402
 from dist_optical.engine.dist import free_port  # noqa: E402
 
 
@@ -65,22 +66,20 @@ def run_stage(
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-# The anatomy rows: what each way of wasting less work changes, alone and together (the first row
-# is the trainer as it was before any of them; the last the full vocabulary, for reference).
+# The anatomy rows: the trainer as it was before (padded batches, live teacher, unfused AdamW), each
+# way of wasting less work added in turn up to today's default, then variations of the default.
+UNFUSED = "UNFUSED"  # stands for a copy of the run's DeepSpeed JSON without "fused" (made by main)
+BEFORE = ("data.length_window=0", "train.teacher_cache=none", UNFUSED)
+DEFAULT = ("data.length_window=256", "train.teacher_cache=fp16")
 ANATOMY = [
-    ("before: padded batches, live teacher", ("data.length_window=0", "train.teacher_cache=off")),
-    ("length-grouped batches", ("data.length_window=256", "train.teacher_cache=off")),
-    ("teacher cache (fp16)", ("data.length_window=0", "train.teacher_cache=fp16")),
-    ("both", ("data.length_window=256", "train.teacher_cache=fp16")),
-    (
-        "both, no DataLoader worker",
-        ("data.length_window=256", "train.teacher_cache=fp16", "data.num_workers=0"),
-    ),
-    ("both, 1 intra-op thread", ("data.length_window=256", "train.teacher_cache=fp16", "OMP_NUM_THREADS=1")),
-    (
-        "both, full vocabulary",
-        ("data.length_window=256", "train.teacher_cache=fp16", "model.trim_vocab=false"),
-    ),
+    ("before: padded, live teacher, unfused AdamW", BEFORE),
+    ("+ fused AdamW", ("data.length_window=0", "train.teacher_cache=none")),
+    ("+ length-grouped batches", ("data.length_window=256", "train.teacher_cache=none")),
+    ("+ teacher cache (fp16): the default", DEFAULT),
+    ("default, ZeRO-0 (one process)", (*DEFAULT, "train.deepspeed=configs/ds/zero0.json")),
+    ("default, no DataLoader worker", (*DEFAULT, "data.num_workers=0")),
+    ("default, 1 intra-op thread", (*DEFAULT, "OMP_NUM_THREADS=1")),
+    ("default, full vocabulary", (*DEFAULT, "model.trim_vocab=false")),
 ]
 
 
@@ -140,7 +139,12 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = os.getloadavg()
     anatomy = []
+    ds = json.loads((REPO / load_config(config).train.deepspeed).read_text())
+    ds["optimizer"]["params"].pop("fused", None)
+    unfused = Path(tempfile.mkdtemp()) / "unfused.json"
+    unfused.write_text(json.dumps(ds))
     for name, overrides in ANATOMY:
+        overrides = tuple(f"train.deepspeed={unfused}" if o == UNFUSED else o for o in overrides)
         anatomy.append({"name": name, **run_anatomy(config, args.steps, args.skip, overrides)})
         print(f"{name}: {anatomy[-1]['step_s']:.2f} s/step", flush=True)
     print(anatomy_table(anatomy), flush=True)

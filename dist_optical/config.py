@@ -37,7 +37,7 @@ Pooling = Literal["mean", "cls"]
 Precision = Literal["fp32", "bf16"]
 OnError = Literal["raise", "skip"]
 EvalKind = Literal["parallel", "bible", "clir"]
-TeacherCacheDtype = Literal["off", "fp32", "fp16"]
+TeacherCacheDtype = Literal["none", "fp32", "fp16"]
 LOSS_TERMS: tuple[str, ...] = typing.get_args(LossTerm)
 
 # A range: (test, what is expected), checked at load time on the field that carries it.
@@ -176,9 +176,10 @@ class TrainConfig:
     deepspeed: str = "configs/ds/zero1.json"
     precision: Precision = "fp32"
     # Read the frozen teacher's English outputs from a cache built once per shard set (beside the
-    # shards; train/teacher_cache.py) instead of computing them every step: fp32 gives the same
-    # numbers as the live teacher, fp16 half the size; off = compute live.
-    teacher_cache: TeacherCacheDtype = "off"
+    # shards; train/teacher_cache.py) instead of computing them every step: fp32 gives the live
+    # teacher's numbers to float rounding, fp16 half the size; none = compute live (not "off":
+    # YAML reads that as false).
+    teacher_cache: TeacherCacheDtype = "none"
     # Warn when the mean pairwise cosine of the student's sentence embeddings (collapse/student_cos)
     # has used up this fraction of the room between its first-step value and 1: sentence embeddings
     # start near 0.9 for e5 and 0.5 for MiniLM, so a fixed threshold cannot fit both.
@@ -373,8 +374,8 @@ def validate(cfg: Config, source: str | Source = "config") -> None:
     weights = [b.weight for b in cfg.data.bitexts]
     if any(weights) and not all(weights):
         fail("data.bitexts[].weight", weights, "a weight on every bitext, or on none (temperature)")
-    if cfg.train.teacher_cache != "off" and cfg.model.teacher_partitioned:
-        whole = "off with model.teacher_partitioned (a rank holds a shard of the teacher, not all of it)"
+    if cfg.train.teacher_cache != "none" and cfg.model.teacher_partitioned:
+        whole = "none with model.teacher_partitioned (a rank holds a shard of the teacher, not all of it)"
         fail("train.teacher_cache", cfg.train.teacher_cache, whole)
     if cfg.train.eval_every:
         names = [s.name for s in cfg.eval.sets]

@@ -6,7 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
+
 from dist_optical.config import BitextConfig, Config, data_path, repo_path
+from dist_optical.data.collate import tokenize
 from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
 from dist_optical.data.stream import ShardStream
 
@@ -46,8 +49,27 @@ def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
     return manifests
 
 
-def training_stream(cfg: Config, manifests: list[Path], rank: int = 0, world_size: int = 1) -> ShardStream:
-    """The run's stream: every language's shards, mixed by their ``weight`` if set, else by temperature."""
+def student_lengths(
+    cfg: Config, manifests: list[Path], tokenizer: PreTrainedTokenizerBase
+) -> list[int] | None:
+    """Each training pair's foreign side in the student's tokens (truncated as in training): what
+    length grouping sorts by, since the student's forward and backward are most of a step and
+    characters per token vary by language. None with data.on_error=skip (a skipped pair has no
+    length; grouping then falls back to the manifest's character counts)."""
+    if cfg.data.on_error == "skip":
+        return None
+    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs)
+    texts = [pair["src"] for pair in stream]
+    return (
+        tokenize(tokenizer, texts, cfg.model.max_length, cfg.model.prefix)["attention_mask"].sum(1).tolist()
+    )
+
+
+def training_stream(
+    cfg: Config, manifests: list[Path], rank: int = 0, world_size: int = 1, lengths: list[int] | None = None
+) -> ShardStream:
+    """The run's stream: every language's shards, mixed by their ``weight`` if set, else by temperature;
+    length-grouped by ``lengths`` (or the manifest's) when data.length_window is set."""
     explicit = [b.weight for b in cfg.data.bitexts]
     return ShardStream(
         manifests,
@@ -60,4 +82,5 @@ def training_stream(cfg: Config, manifests: list[Path], rank: int = 0, world_siz
         weights=explicit if all(explicit) else None,
         temperature=cfg.data.temperature,
         length_window=cfg.data.length_window,
+        lengths=lengths,
     )

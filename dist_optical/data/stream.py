@@ -130,6 +130,8 @@ class ShardStream(IterableDataset):
             temperature)``.
         length_window: > 1 sorts each window of that many positions of the order by pair length
             (module doc); 0 = off.
+        lengths: what length grouping sorts by, one per pair in sample-id (manifest) order, e.g. the
+            student's token counts; None = both sides' characters, from the manifest.
 
     Samples are ``{key, src, tgt, lang}`` strings (lang: the source manifest's ``src_lang``).
     Iterating the stream directly yields epoch ``set_epoch(e)`` from its start; training should use
@@ -149,8 +151,10 @@ class ShardStream(IterableDataset):
         weights: Sequence[float] | None = None,
         temperature: float = 1.0,
         length_window: int = 0,
+        lengths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        pair_lengths = lengths
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -166,7 +170,7 @@ class ShardStream(IterableDataset):
         full_counts: list[int] = []
         counts: list[int] = []
         source_of_shard: list[int] = []
-        lengths: list[np.ndarray] = []
+        lengths = []
         for index, source in enumerate(sources):
             urls, source_counts, lang, sha256s, shard_lengths = self._resolve(source)
             # max_pairs keeps the first N pairs of each source's manifest order: cut its shard counts.
@@ -186,6 +190,12 @@ class ShardStream(IterableDataset):
         self.source_sizes = np.bincount(self.source_of_shard, self.counts, len(sources)).astype(np.int64)
         self.num_pairs = int(self.counts.sum())
         self.lengths = np.concatenate([np.zeros(0, np.int64), *lengths])  # (num_pairs,), sample-id order
+        if pair_lengths is not None:
+            if len(pair_lengths) != self.num_pairs:
+                raise ValueError(
+                    f"lengths: expected one per pair ({self.num_pairs}), got {len(pair_lengths)}"
+                )
+            self.lengths = np.asarray(pair_lengths, dtype=np.int64)
         if weights is None:
             weights = language_weights(self.source_sizes, temperature)
         if len(weights) != len(sources) or not all(w > 0 for w in weights):

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import Config, config_hash, config_to_dict, save_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream
-from dist_optical.data.prepare import ensure_shards, training_stream
+from dist_optical.data.prepare import ensure_shards, student_lengths, training_stream
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, partition_teacher, wrap_student
@@ -126,12 +126,14 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
         teacher.to(dist.device(), torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32)
     specials = {"teacher": special_ids(teacher_tok), "student": special_ids(student_tok)}
     teacher_cache = None
-    if cfg.train.teacher_cache != "off":
+    if cfg.train.teacher_cache != "none":  # built (if missing) by the main rank, then opened by the others
         if env.is_main:
-            open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
-        dist.barrier()  # built once, by the main rank
-        teacher_cache = open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
-    stream = training_stream(cfg, manifests, env.rank, env.world_size)
+            teacher_cache = open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
+        dist.barrier()
+        if not env.is_main:
+            teacher_cache = open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
+    lengths = student_lengths(cfg, manifests, student_tok) if cfg.data.length_window else None
+    stream = training_stream(cfg, manifests, env.rank, env.world_size, lengths)
     loader = ShardLoader(
         stream,
         batch_size=cfg.train.micro_batch_size,

@@ -1,7 +1,7 @@
 """The frozen teacher's outputs, computed once per shard set and read back instead of recomputed.
 
 The teacher never changes during training and sees only the English side, which the shipped
-Bibles share across languages: the token states and pooled vector of every distinct English text
+Bibles share across languages: the token states of every distinct English text
 the run's stream draws from (the first data.max_pairs of each language) are stored once
 (`train.teacher_cache`: fp32, or fp16 to halve the size) beside the shards, in
 `{data.shards}/teacher-cache/{key}/`, memory-mapped at run time. The key hashes everything that
@@ -33,7 +33,7 @@ from dist_optical.config import Config, repo_path
 from dist_optical.data import ShardStream
 from dist_optical.data.collate import tokenize
 from dist_optical.files import atomic_write, hold_lock
-from dist_optical.models import Encoded, encode
+from dist_optical.models import Encoded, encode, pool
 
 log = logging.getLogger("dist_optical.teacher_cache")
 
@@ -69,16 +69,15 @@ def cache_key(
 class TeacherCache:
     """English text -> the teacher's `Encoded`, read from the memory-mapped arrays of one folder."""
 
-    def __init__(self, folder: Path, pad_id: int) -> None:
+    def __init__(self, folder: Path, pad_id: int, pooling: str) -> None:
         self.folder = folder
         self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # (all tokens, d)
         self.input_ids = np.load(folder / "input_ids.npy", mmap_mode="r")
         self.real = np.load(folder / "real.npy", mmap_mode="r")  # not padding, not special
-        self.pooled = np.load(folder / "pooled.npy", mmap_mode="r")  # (texts, d), fp32
         self.offsets = np.load(folder / "offsets.npy")  # (texts + 1,)
         texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
         self.row = {text: i for i, text in enumerate(texts)}
-        self.pad_id = pad_id
+        self.pad_id, self.pooling = pad_id, pooling
 
     def lookup(self, texts: list[str]) -> Encoded:
         """The batch as the live teacher would return it, padded to its longest text; the padded
@@ -93,7 +92,9 @@ class TeacherCache:
             tokens[i, : hi - lo] = torch.from_numpy(np.array(self.tokens[lo:hi], dtype=np.float32))
             input_ids[i, : hi - lo] = torch.from_numpy(np.array(self.input_ids[lo:hi], dtype=np.int64))
             mask[i, : hi - lo] = torch.from_numpy(np.array(self.real[lo:hi]))
-        pooled = torch.from_numpy(np.array(self.pooled[rows], dtype=np.float32))
+        # Pooled here, over the batch's own padding, exactly as the live teacher pools.
+        attention = torch.arange(length)[None, :] < torch.tensor([hi - lo for lo, hi in spans])[:, None]
+        pooled = pool(tokens, attention.long(), self.pooling)
         return Encoded(tokens=tokens, mask=mask, input_ids=input_ids, pooled=pooled)
 
 
@@ -114,7 +115,7 @@ def open_cache(
         with hold_lock(folder.parent / f".{digest}.lock", f"teacher cache {digest}"):
             if not (folder / MARKER).is_file():  # another process may have built it meanwhile
                 _build(folder, key, cfg, manifests, teacher, tokenizer, special)
-    return TeacherCache(folder, tokenizer.pad_token_id or 0)
+    return TeacherCache(folder, tokenizer.pad_token_id or 0, cfg.model.pooling)
 
 
 def _build(
@@ -131,7 +132,7 @@ def _build(
     texts = sorted({pair["tgt"] for pair in stream}, key=len)  # by length: batches pad little
     dtype = np.float16 if cfg.train.teacher_cache == "fp16" else np.float32
     device = next(teacher.parameters()).device
-    tokens, input_ids, real, pooled, offsets = [], [], [], [], [0]
+    tokens, input_ids, real, offsets = [], [], [], [0]
     with torch.no_grad():
         for lo in tqdm(range(0, len(texts), BUILD_BATCH), desc="teacher cache", leave=False):
             batch = tokenize(tokenizer, texts[lo : lo + BUILD_BATCH], cfg.model.max_length, cfg.model.prefix)
@@ -147,14 +148,12 @@ def _build(
                 input_ids.append(batch["input_ids"][i, :n].numpy().astype(np.int32))
                 real.append(out.mask[i, :n].cpu().numpy())
                 offsets.append(offsets[-1] + n)
-            pooled.append(out.pooled.cpu().numpy())
     build = Path(tempfile.mkdtemp(prefix=f".{folder.name}.build-", dir=folder.parent))
     try:
         for name, array in (
             ("tokens", np.concatenate(tokens)),
             ("input_ids", np.concatenate(input_ids)),
             ("real", np.concatenate(real)),
-            ("pooled", np.concatenate(pooled).astype(np.float32)),
             ("offsets", np.asarray(offsets, dtype=np.int64)),
         ):
             with open(build / f"{name}.npy", "wb") as handle:

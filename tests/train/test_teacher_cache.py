@@ -1,8 +1,9 @@
-"""The teacher cache: the same Encoded (and so the same loss) as the live teacher, and a new build
+"""The teacher cache: the live teacher's Encoded (and so its loss) to fp32 rounding, and a new build
 whenever anything its outputs depend on changes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import TINY, read_metrics, run_train
 
@@ -36,16 +37,24 @@ def live_and_cached(cfg, batches: int = 3):
         yield live, cache.lookup(batch["tgt"])
 
 
-def test_fp32_cache_gives_the_live_teachers_loss_exactly(tmp_path):
+def test_fp32_cache_gives_the_live_teachers_numbers_to_rounding(tmp_path):
+    # Not bit for bit: the live teacher's own outputs move in the last bits with the padded length
+    # of the batch a text sits in (the CPU kernels block by shape), and the cache was computed in
+    # other batches. What must hold: the same mask, and the same numbers to fp32 rounding.
     cfg = tiny(tmp_path, "train.teacher_cache=fp32", "loss={ot: 1.0, contrastive: 1.0, mse: 1.0}")
     objective = Objective(cfg.loss, cfg.ot, cfg.contrastive)
     for live, cached in live_and_cached(cfg):
-        assert torch.equal(live.mask, cached.mask) and torch.equal(live.pooled, cached.pooled)
-        assert torch.equal(live.tokens[live.mask], cached.tokens[cached.mask])  # every real token
+        assert torch.equal(live.mask, cached.mask) and torch.equal(
+            live.input_ids[live.mask], cached.input_ids[cached.mask]
+        )
+        torch.testing.assert_close(cached.tokens[cached.mask], live.tokens[live.mask], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(cached.pooled, live.pooled, rtol=1e-6, atol=1e-6)
         student = live.map(lambda field: field.clone())
         student.tokens = student.tokens + 0.1 * torch.randn_like(student.tokens)  # any student side
         student.pooled = student.pooled.flip(0)
-        assert objective(live, student)[0].item() == objective(cached, student)[0].item()
+        assert objective(cached, student)[0].item() == pytest.approx(
+            objective(live, student)[0].item(), rel=1e-6
+        )
 
 
 def test_fp16_cache_is_within_half_precision(tmp_path):
@@ -88,14 +97,18 @@ def test_every_key_input_makes_its_own_cache_and_an_unchanged_one_is_reused(tmp_
         folders.add(other)
 
 
-def test_a_run_with_the_cache_trains_exactly_like_one_without(tmp_path):
-    run_train(tmp_path / "live", "train.max_steps=10", f"data.shards={tmp_path / 'shards'}")
+def test_a_run_with_the_cache_trains_like_one_without(tmp_path):
+    run_train(
+        tmp_path / "live",
+        "train.max_steps=10",
+        f"data.shards={tmp_path / 'shards'}",
+        "train.teacher_cache=none",
+    )
     run_train(
         tmp_path / "cached",
         "train.max_steps=10",
         f"data.shards={tmp_path / 'shards'}",
         "train.teacher_cache=fp32",
     )
-    assert [m["loss"] for m in read_metrics(tmp_path / "cached")] == [
-        m["loss"] for m in read_metrics(tmp_path / "live")
-    ]
+    live, cached = ([m["loss"] for m in read_metrics(tmp_path / name)] for name in ("live", "cached"))
+    assert cached == pytest.approx(live, rel=1e-5)  # fp32 rounding, compounded over 10 steps

@@ -36,6 +36,26 @@ def test_idf_tables_count_the_training_pairs_only():
     assert len(everything) > len(pairs)  # so the tables above did leave pairs out
 
 
+def test_length_grouping_sorts_by_the_students_tokens():
+    from dist_optical.data.prepare import student_lengths, training_stream
+
+    cfg = load_config(TINY)
+    manifests = ensure_shards(cfg)
+    tok = load_tokenizer(cfg.model.teacher)  # the tiny student shares the teacher's tokenizer
+    lengths = student_lengths(cfg, manifests, tok)
+    pairs = list(ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs))
+    expected = [
+        len(tok(p["src"], truncation=True, max_length=cfg.model.max_length)["input_ids"]) for p in pairs
+    ]
+    assert lengths == expected  # one per pair, in sample-id order, truncated as in training
+    stream = training_stream(cfg, manifests, lengths=lengths)
+    window, order = cfg.data.length_window, stream.epoch_order(0)
+    for lo in range(0, len(order) - window + 1, window):  # each window sorted, one way or the other
+        block = [lengths[i] for i in order[lo : lo + window]]
+        assert block in (sorted(block), sorted(block, reverse=True))
+    assert student_lengths(load_config(TINY, ["data.on_error=skip"]), manifests, tok) is None
+
+
 def english_drift(run_dir, cfg) -> float:
     """1 - mean cosine between the student's and the teacher's embeddings of held-out English."""
     texts = read_lines(ENGLISH, 64)
