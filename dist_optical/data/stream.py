@@ -154,7 +154,6 @@ class ShardStream(IterableDataset):
         lengths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        pair_lengths = lengths
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -170,7 +169,7 @@ class ShardStream(IterableDataset):
         full_counts: list[int] = []
         counts: list[int] = []
         source_of_shard: list[int] = []
-        lengths = []
+        manifest_lengths: list[np.ndarray] = []
         for index, source in enumerate(sources):
             urls, source_counts, lang, sha256s, shard_lengths = self._resolve(source)
             # max_pairs keeps the first N pairs of each source's manifest order: cut its shard counts.
@@ -182,20 +181,21 @@ class ShardStream(IterableDataset):
             full_counts += list(source_counts)
             counts += [int(c) for c in kept]
             source_of_shard += [index] * len(urls)
-            lengths += [np.asarray(n[:k], dtype=np.int64) for n, k in zip(shard_lengths, kept, strict=True)]
+            manifest_lengths += [
+                np.asarray(n[:k], dtype=np.int64) for n, k in zip(shard_lengths, kept, strict=True)
+            ]
         self.counts = np.asarray(counts, dtype=np.int64)
         self.full_counts = np.asarray(full_counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.source_of_shard = np.asarray(source_of_shard, dtype=np.int64)
         self.source_sizes = np.bincount(self.source_of_shard, self.counts, len(sources)).astype(np.int64)
         self.num_pairs = int(self.counts.sum())
-        self.lengths = np.concatenate([np.zeros(0, np.int64), *lengths])  # (num_pairs,), sample-id order
-        if pair_lengths is not None:
-            if len(pair_lengths) != self.num_pairs:
-                raise ValueError(
-                    f"lengths: expected one per pair ({self.num_pairs}), got {len(pair_lengths)}"
-                )
-            self.lengths = np.asarray(pair_lengths, dtype=np.int64)
+        # (num_pairs,), sample-id order: the caller's lengths, else the manifest's characters
+        self.lengths = np.concatenate([np.zeros(0, np.int64), *manifest_lengths])
+        if lengths is not None:
+            if len(lengths) != self.num_pairs:
+                raise ValueError(f"lengths: expected one per pair ({self.num_pairs}), got {len(lengths)}")
+            self.lengths = np.asarray(lengths, dtype=np.int64)
         if weights is None:
             weights = language_weights(self.source_sizes, temperature)
         if len(weights) != len(sources) or not all(w > 0 for w in weights):
