@@ -10,7 +10,6 @@ mid-save leaves a tag without a marker: never resumed from, and the previous one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -24,10 +23,11 @@ from typing import Any
 
 import torch
 
+from dist_optical import artifacts
 from dist_optical.config import resume_sensitive
 from dist_optical.engine.dist import barrier
 from dist_optical.errors import UserError
-from dist_optical.files import atomic_write
+from dist_optical.files import WriteError, atomic_write, write_failure
 
 log = logging.getLogger("dist_optical.checkpoint")
 
@@ -74,11 +74,13 @@ def save(
             }
             mark_complete(ckpt_dir / tag, meta)
             atomic_write(ckpt_dir / LATEST, tag)
-    except OSError as err:
+    except (OSError, RuntimeError, WriteError) as err:  # torch.save reports a full disk as a RuntimeError
+        failure = write_failure(err, ckpt_dir / tag, "checkpoint")
+        if failure is None:
+            raise
         if is_main:
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # only the tag this save was writing
-        raise CheckpointError(f"saving checkpoint {ckpt_dir / tag} failed: {_why(err)}; "
-                              f"the previous complete checkpoint is intact") from err  # fmt: skip
+        raise CheckpointError(f"{failure}; the previous complete checkpoint is intact") from err
     if is_main and keep_last > 0:
         prune(ckpt_dir, keep_last, keep={tag})
     barrier()
@@ -89,30 +91,9 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be written or read; the message names the folder or file."""
 
 
-def _why(err: OSError) -> str:
-    import errno
-
-    if err.errno == errno.ENOSPC:
-        return f"no space left on the disk holding {err.filename or 'the run folder'}"
-    return f"{err.strerror or err} ({err.filename})" if err.filename else str(err)
-
-
 def mark_complete(tag_dir: Path, meta: dict[str, Any]) -> None:
     """Write the tag's marker, last: ``meta`` plus every file's size and sha256."""
-    files = {name: _fingerprint(tag_dir / name) for name in _tag_files(tag_dir)}
-    atomic_write(tag_dir / META, json.dumps({**meta, "files": files}, indent=1))
-
-
-def _tag_files(tag_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(tag_dir)) for p in tag_dir.rglob("*") if p.is_file() and p.name != META)
-
-
-def _fingerprint(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    artifacts.mark_complete(tag_dir, meta, marker=META)
 
 
 def tags(ckpt_dir: Path) -> list[str]:
@@ -124,22 +105,7 @@ def tags(ckpt_dir: Path) -> list[str]:
 
 def damage(tag_dir: Path, checksums: bool = True) -> str | None:
     """Why ``tag_dir`` cannot be resumed from (names the file), or None when it is complete."""
-    marker = tag_dir / META
-    try:
-        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
-    except FileNotFoundError:
-        return f"{marker} is missing (the save did not finish)"
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return f"{marker} is unreadable ({err})"
-    for name, expected in files.items():
-        path = tag_dir / name
-        if not path.is_file():
-            return f"{path} is missing"
-        if path.stat().st_size != expected["bytes"]:
-            return f"{path} has {path.stat().st_size} bytes, {expected['bytes']} when saved (truncated?)"
-        if checksums and _fingerprint(path)["sha256"] != expected["sha256"]:
-            return f"{path} does not match its sha256 from the save (altered or corrupted)"
-    return None
+    return artifacts.damage(tag_dir, checksums, marker=META)
 
 
 def newest_complete(ckpt_dir: Path) -> str | None:
@@ -165,6 +131,34 @@ def prune(ckpt_dir: Path, keep_last: int, keep: set[str]) -> None:
     for old in complete[:-keep_last]:  # (universal conversions live under universal/, not here)
         if old not in protected:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+
+
+# What runs write into a run folder (train, run, submit, compare); anything else is someone's files.
+RUN_ENTRIES = frozenset(
+    {"config.yaml", "metrics.jsonl", "checkpoints", "tb", "vocab.json", "model", "locks", "eval.json",
+     "result.json", "submitit"}
+)  # fmt: skip
+
+
+def check_run_folder(out: Path) -> None:
+    """``out`` is missing, empty, or a run folder: nothing in it but what a run writes (RUN_ENTRIES,
+    their temp files, an interrupted export's scratch folder). A run never writes into another folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
+    if not out.is_dir():
+        return
+    foreign = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in RUN_ENTRIES and not p.name.endswith(".tmp") and not p.name.startswith(".model.")
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise UserError(
+            f"--out {out} holds files no run wrote ({shown}), so it is not a run folder: train into a "
+            "new --out (a run folder holds only config.yaml, metrics.jsonl, checkpoints/, model/ and "
+            "the like)"
+        )
 
 
 def refuse_fresh_start(run_dir: Path) -> None:

@@ -7,8 +7,11 @@ then raises `Preempted`, which the CLI and the submitit job turn into exit 75.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +21,21 @@ log = logging.getLogger("dist_optical.signals")
 PREEMPTED_EXIT_CODE = 75
 # SIGINT (Ctrl-C) too: the first one checkpoints at the step boundary like SIGTERM, a second aborts.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def follow_launcher() -> None:
+    """SIGTERM this rank when its launcher (torchrun, the deepspeed launcher) dies, even by kill -9 or
+    the OOM killer: the rank then checkpoints at the step boundary and exits 75, instead of training
+    on as an orphan in the run folder (the launcher starts each rank in a session of its own)."""
+    if not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("cannot ask for a signal when the launcher dies (prctl: errno %d)", ctypes.get_errno())
+        return
+    if os.getppid() != launcher:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Preempted(Exception):  # noqa: N818 (a stop, not an error: the run resumes from it)
