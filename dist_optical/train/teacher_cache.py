@@ -7,19 +7,15 @@ the run's stream draws from (the first data.max_pairs of each language) are stor
 `{data.shards}/teacher-cache/{key}/`, memory-mapped at run time. The key hashes everything that
 determines them: the teacher's weights, its tokenizer, model.prefix, model.max_length,
 model.pooling, the teacher's precision, the cache dtype, data.max_pairs and every shard's sha256;
-a change of any one is another folder, built on first use (temp folder, marker written last,
-rename, under a lock).
+a change of any one is another folder, built on first use and checked on every open
+(artifacts.build_once: sizes and sha256s in the marker written last; a damaged one is moved aside
+and rebuilt).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +25,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from dist_optical.artifacts import build_once
 from dist_optical.config import Config, repo_path
 from dist_optical.data import ShardStream
 from dist_optical.data.collate import tokenize
-from dist_optical.files import atomic_write, hold_lock
 from dist_optical.models import Encoded, encode, pool
 
-log = logging.getLogger("dist_optical.teacher_cache")
-
-MARKER = "complete.json"  # written last: a folder without it is an interrupted build
 BUILD_BATCH = 64
 
 
@@ -55,7 +48,7 @@ def cache_key(
     return {
         "teacher": cfg.model.teacher,
         "weights_sha256": weights.hexdigest(),
-        "tokenizer_sha256": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "tokenizer_sha256": _tokenizer_sha256(tokenizer),
         "prefix": cfg.model.prefix,
         "max_length": cfg.model.max_length,
         "pooling": cfg.model.pooling,
@@ -64,6 +57,15 @@ def cache_key(
         "shards_sha256": hashlib.sha256("".join(shards).encode()).hexdigest(),
         "max_pairs": cfg.data.max_pairs,  # the pairs the run's stream draws from
     }
+
+
+def _tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Of the tokenizer's vocabulary and rules, not of the truncation and padding that tokenizing a
+    batch leaves set on it (else a second open in one process finds another key)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 class TeacherCache:
@@ -105,29 +107,28 @@ def open_cache(
     tokenizer: PreTrainedTokenizerBase,
     special: Tensor,
 ) -> TeacherCache:
-    """The cache for this run's teacher and shards: opened if built, else built first (main rank;
-    the caller's barrier lets the other ranks open it after)."""
+    """The cache for this run's teacher and shards: opened if built and intact, else built first (a
+    damaged one is moved aside; a build in progress elsewhere is waited for, train.build_wait)."""
     key = cache_key(cfg, teacher, tokenizer, manifests)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = repo_path(cfg.data.shards) / "teacher-cache" / digest
-    if not (folder / MARKER).is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with hold_lock(folder.parent / f".{digest}.lock", f"teacher cache {digest}"):
-            if not (folder / MARKER).is_file():  # another process may have built it meanwhile
-                _build(folder, key, cfg, manifests, teacher, tokenizer, special)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        return {**key, "texts": _build(tmp, cfg, manifests, teacher, tokenizer, special)}
+
+    build_once(folder, build, "the teacher cache", wait=cfg.train.build_wait)
     return TeacherCache(folder, tokenizer.pad_token_id or 0, cfg.model.pooling)
 
 
 def _build(
     folder: Path,
-    key: dict[str, Any],
     cfg: Config,
     manifests: list[Path],
     teacher: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     special: Tensor,
-) -> None:
-    start = time.perf_counter()
+) -> int:
+    """Write the cache's arrays into ``folder``; returns the number of English texts."""
     stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs, on_error=cfg.data.on_error)
     texts = sorted({pair["tgt"] for pair in stream}, key=len)  # by length: batches pad little
     dtype = np.float16 if cfg.train.teacher_cache == "fp16" else np.float32
@@ -148,29 +149,12 @@ def _build(
                 input_ids.append(batch["input_ids"][i, :n].numpy().astype(np.int32))
                 real.append(out.mask[i, :n].cpu().numpy())
                 offsets.append(offsets[-1] + n)
-    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}.build-", dir=folder.parent))
-    try:
-        for name, array in (
-            ("tokens", np.concatenate(tokens)),
-            ("input_ids", np.concatenate(input_ids)),
-            ("real", np.concatenate(real)),
-            ("offsets", np.asarray(offsets, dtype=np.int64)),
-        ):
-            with open(build / f"{name}.npy", "wb") as handle:
-                np.save(handle, array)
-                handle.flush()
-                os.fsync(handle.fileno())  # on disk before the marker says the folder is complete
-        atomic_write(build / "texts.json", json.dumps(texts, ensure_ascii=False))
-        seconds = time.perf_counter() - start
-        size = sum(p.stat().st_size for p in build.iterdir())
-        atomic_write(
-            build / MARKER, json.dumps({**key, "texts": len(texts), "bytes": size, "build_s": seconds})
-        )
-        build.rename(folder)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)  # only this build's own temp folder
-        raise
-    log.info(
-        "built the teacher cache of %d English texts (%.0f MB, %s) in %.0f s: %s",
-        len(texts), size / 2**20, cfg.train.teacher_cache, seconds, folder,
-    )  # fmt: skip
+    for name, array in (
+        ("tokens", np.concatenate(tokens)),
+        ("input_ids", np.concatenate(input_ids)),
+        ("real", np.concatenate(real)),
+        ("offsets", np.asarray(offsets, dtype=np.int64)),
+    ):
+        np.save(folder / f"{name}.npy", array)
+    (folder / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    return len(texts)

