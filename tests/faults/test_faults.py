@@ -257,6 +257,8 @@ def test_a_non_finite_loss_stops_with_its_own_status(tmp_path):
         (("ot.grad=sideways",), ("'ot.grad'", "envelope, unrolled")),
         (("loss={otto: 1.0}",), ("'loss.otto'", "expected one of ot, ot_nce")),
         (("model.pooling=max",), ("'model.pooling'", "mean, cls")),
+        (("train.lr=inf",), ("command line (train.lr=inf)", "expected a finite number")),
+        (("data.bitexts[0].weight=-1",), ("command line (data.bitexts[0].weight=-1)", "'data.bitexts[0]'")),
     ],
 )
 def test_bad_values_are_refused_up_front_naming_the_key_and_the_command_line(tmp_path, args, needles):
@@ -294,7 +296,9 @@ def test_eval_checks_the_models_before_encoding(tmp_path, finished):
     (model / "dist_optical.json").write_text("{not json")
     args = ("--queries", str(SWAHILI), "--targets", str(ENGLISH), "--max-pairs", "8")
     one_line_error(cli("eval", "--model", str(model), *args), "dist_optical.json: not valid JSON")
-    # The tiny student (width 32) against the MiniLM teacher (width 384).
+    # The tiny student (width 32) against the MiniLM teacher (width 384), in a hand-made folder (an
+    # export's own dist_optical.json, edited, would be a damaged export).
+    (model / "artifact.json").unlink()
     (model / "dist_optical.json").write_text(json.dumps({"teacher": "all-MiniLM-L6-v2", "max_length": 32}))
     one_line_error(cli("eval", "--model", str(model), *args), "32 dimensions", "384")
     # A tokenizer larger than the model's embedding table.
@@ -308,3 +312,358 @@ def test_eval_checks_the_models_before_encoding(tmp_path, finished):
     load_tokenizer("all-MiniLM-L6-v2").save_pretrained(small)
     one_line_error(cli("eval", "--model", str(small), *args), "embedding table has 100")
     assert os.listdir(small)  # nothing deleted
+
+
+# ---------------------------------------------------------------------------- nothing lost, round two
+
+
+# Outputs never clobber: export replaces only a previous export; train/run only write run folders.
+def test_export_replaces_only_a_previous_export(finished, tmp_path):
+    tag = str(finished / "checkpoints" / "step000008")
+    run_before = snapshot(finished)
+    one_line_error(cli("export", tag, str(finished)), "is not a previous export", "checkpoints")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    one_line_error(cli("export", tag, str(mine)), "is not a previous export", "notes.txt")
+    plain = tmp_path / "plain"
+    plain.write_text("a file")
+    one_line_error(cli("export", tag, str(plain)), "exists and is a file")
+    assert snapshot(finished) == run_before
+    assert (mine / "notes.txt").read_text() == "my notes" and plain.read_text() == "a file"
+    previous = tmp_path / "previous"
+    shutil.copytree(finished / "model", previous)
+    (previous / "README.md").write_text("an older card")  # and the marker no longer matches: still an export
+    proc = cli("export", tag, str(previous))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (previous / "artifact.json").is_file() and "an older card" not in (
+        previous / "README.md"
+    ).read_text()
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize("resume", ["", "auto"])
+def test_train_and_run_refuse_a_folder_that_is_not_a_run_folder(tmp_path, command, resume):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "config.yaml").write_text("mine: true\n")
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "acc": 0.5}\n')
+    before = snapshot(out)
+    args = [command, "--config", str(TINY), "--out", str(out), *(["--resume", resume] if resume else [])]
+    one_line_error(cli(*args), "holds files no run wrote", "notes.txt", "new --out")
+    assert snapshot(out) == before and sorted(os.listdir(out)) == [
+        "config.yaml",
+        "metrics.jsonl",
+        "notes.txt",
+    ]
+
+
+def test_a_metrics_file_of_another_shape_is_named_not_a_traceback(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "acc": 0.5}\n')
+    one_line_error(
+        cli(*train_args(out, "train.max_steps=2", resume="auto")), "metrics.jsonl:1", "not a metrics line"
+    )
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "acc": 0.5}\n'
+
+
+# One way to report a failed write: one line naming the path and what was written; nothing half-done.
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "/the/disk/file")
+
+
+def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path, monkeypatch):
+    from dist_optical.files import WriteError, atomic_write
+
+    target = tmp_path / "results.json"
+    target.write_text("previous")
+    monkeypatch.setattr(os, "fsync", enospc)
+    with pytest.raises(
+        WriteError, match=r"could not write the metrics .*results.json: no space left on the disk"
+    ):
+        atomic_write(target, "new", "the metrics")
+    assert target.read_text() == "previous" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_a_lock_file_that_cannot_be_written_is_one_line(tmp_path):
+    from dist_optical.files import WriteError, hold_lock
+
+    (tmp_path / "run.lock").mkdir()  # a folder in the way: EISDIR, even for root
+    failure = r"could not write the lock file .*run.lock: a folder is in the way"
+    with pytest.raises(WriteError, match=failure), hold_lock(tmp_path / "run.lock", "run"):
+        pass
+
+
+def test_a_full_disk_while_sharding_keeps_the_previous_build(tmp_path, monkeypatch):
+    from dist_optical.data import build_shards, shards
+    from dist_optical.files import WriteError
+
+    out = tmp_path / "shards"
+    build_shards([SWAHILI, ENGLISH], out, "swh", "eng", pairs_per_shard=500)
+    before = snapshot(out)
+    monkeypatch.setattr(shards, "write_shard", enospc)
+    with pytest.raises(WriteError, match=r"could not write the shards .*shards: no space left on the disk"):
+        build_shards([SWAHILI, ENGLISH], out, "swh", "eng", pairs_per_shard=100)
+    assert snapshot(out) == before and sorted(os.listdir(tmp_path)) == [".shards.lock", "shards"]
+
+
+def test_a_full_disk_while_exporting_keeps_the_previous_export(finished, tmp_path, monkeypatch):
+    from dist_optical.files import WriteError
+    from dist_optical.models import package
+    from dist_optical.train.export import export_checkpoint
+
+    previous = tmp_path / "model"
+    shutil.copytree(finished / "model", previous)
+    before = snapshot(previous)
+    monkeypatch.setattr(package.artifacts, "mark_complete", enospc)
+    with pytest.raises(WriteError, match=r"could not write the exported model .*model: no space left"):
+        export_checkpoint(finished / "checkpoints" / "step000008", previous)
+    assert snapshot(previous) == before and os.listdir(tmp_path) == ["model"]  # no scratch folder left
+
+
+def test_torchs_full_disk_error_while_saving_is_named_and_the_partial_tag_removed(run_copy):
+    from dist_optical.engine import checkpoint
+
+    ckpt = run_copy / "checkpoints"
+    before = snapshot(ckpt)
+
+    class TorchFullDisk:  # what torch.save raises on a full disk: a RuntimeError, no errno
+        def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+            (Path(save_dir) / tag).mkdir()
+            (Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    with pytest.raises(checkpoint.CheckpointError, match="torch's file writer failed.*MB free on that disk"):
+        checkpoint.save(TorchFullDisk(), ckpt, 12, {"world_size": 1}, is_main=True, keep_last=2)
+    assert snapshot(ckpt) == before and not (ckpt / "step000012").exists()
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    one_line_error(
+        cli(*train_args(blocker / "run")), "could not write the run folder", "a file is in the way"
+    )
+    assert blocker.read_text() == "not a folder"
+
+
+# Built artifacts: checked on open, a damaged one moved aside (kept) and rebuilt, dead builds removed.
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """Forget which artifacts this process already hashed: the next open is like a new job's."""
+    from dist_optical import artifacts
+
+    monkeypatch.setattr(artifacts, "_hashed", set())
+
+
+def counting_builder(calls: list[int]):
+    def build(tmp: Path) -> dict:
+        calls.append(1)
+        (tmp / "weights.bin").write_bytes(bytes(range(256)) * 4)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "names.txt").write_text("a\nb\n")
+        return {"version": 1}
+
+    return build
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated", "missing", "no marker"])
+def test_a_damaged_artifact_is_moved_aside_and_rebuilt(tmp_path, fresh_process, caplog, damage):
+    from dist_optical.artifacts import MARKER, build_once
+
+    calls: list[int] = []
+    folder = build_once(tmp_path / "thing", counting_builder(calls), "the thing")
+    good = snapshot(folder)
+    weights = folder / "weights.bin"
+    if damage == "altered":
+        weights.write_bytes(bytes(1024))  # same size: only the sha256 tells
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:
+        (folder / ("weights.bin" if damage == "missing" else MARKER)).unlink()
+    damaged = snapshot(folder)
+    (tmp_path / ".thing.build-dead").mkdir()  # a build killed before it finished
+    with caplog.at_level("WARNING"):
+        assert build_once(tmp_path / "thing", counting_builder(calls), "the thing") == folder
+    assert len(calls) == 2 and snapshot(folder) == {**good, MARKER: snapshot(folder)[MARKER]}
+    assert any("the thing" in r.getMessage() and "is damaged" in r.getMessage() for r in caplog.records)
+    (aside,) = tmp_path.glob("thing.damaged-*")
+    assert snapshot(aside) == damaged  # kept, byte for byte
+    assert not list(tmp_path.glob(".thing.build-*"))
+
+
+def test_a_failed_build_leaves_nothing_and_says_what_it_was_writing(tmp_path):
+    from dist_optical.artifacts import build_once
+    from dist_optical.files import WriteError
+
+    def build(tmp: Path) -> dict:
+        (tmp / "half.bin").write_bytes(b"half")
+        enospc()
+
+    with pytest.raises(WriteError, match=r"could not write the thing .*thing: no space left on the disk"):
+        build_once(tmp_path / "thing", build, "the thing")
+    assert os.listdir(tmp_path) == [".thing.lock"]
+
+
+def test_a_damaged_teacher_cache_is_rebuilt_not_served(tmp_path, fresh_process, caplog):
+    import numpy as np
+
+    from dist_optical.config import load_config
+    from dist_optical.data.prepare import ensure_shards
+    from dist_optical.models import special_ids
+    from dist_optical.train.run import build_models
+    from dist_optical.train.teacher_cache import open_cache
+
+    cfg = load_config(TINY, [f"data.shards={tmp_path / 'shards'}"])
+    manifests = ensure_shards(cfg)
+    teacher, tokenizer, _, _ = build_models(cfg)
+    cache = open_cache(cfg, manifests, teacher, tokenizer, special_ids(tokenizer))
+    tokens = np.array(cache.tokens)
+    np.save(cache.folder / "tokens.npy", np.zeros_like(tokens))  # same size, wrong numbers
+    with caplog.at_level("WARNING"):
+        again = open_cache(cfg, manifests, teacher, tokenizer, special_ids(tokenizer))
+    assert again.folder == cache.folder and np.array_equal(np.array(again.tokens), tokens)
+    assert any("tokens.npy does not match its sha256" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_e5_folder_is_rebuilt(tmp_path, monkeypatch):
+    from dist_optical import artifacts
+    from dist_optical.models import e5
+
+    monkeypatch.setenv("DIST_OPTICAL_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+
+    def convert(bin_path, out_dir):
+        calls.append(1)
+        (Path(out_dir) / "model.safetensors").write_bytes(b"\x01" * 64)
+
+    monkeypatch.setattr(e5, "convert", convert)
+    folder = e5.e5_folder()
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)  # one zeroed tensor, same size
+    monkeypatch.setattr(artifacts, "_hashed", set())  # a later job: hashes checked again
+    assert e5.e5_folder() == folder and (folder / "model.safetensors").read_bytes() == b"\x01" * 64
+    assert len(calls) == 2 and len(list(folder.parent.glob("*.damaged-*"))) == 1
+
+
+def test_a_damaged_export_is_refused_by_eval_naming_the_file(finished, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(finished / "model", model)
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)
+    weights.write_bytes(bytes(data))
+    args = ("--queries", str(SWAHILI), "--targets", str(ENGLISH), "--max-pairs", "8")
+    one_line_error(cli("eval", "--model", str(model), *args), "damaged export", "model.safetensors", "sha256")
+
+
+# Builds others wait for (a run folder still refuses at once: test 3 above).
+def test_a_job_waits_for_a_build_in_progress_then_uses_it(tmp_path, caplog, monkeypatch):
+    import threading
+
+    from dist_optical import files
+    from dist_optical.artifacts import build_once
+
+    monkeypatch.setattr(files, "WAIT_REPORT_S", 0.2)
+    calls: list[int] = []
+    started = threading.Event()
+
+    def slow(tmp: Path) -> dict:
+        started.set()
+        time.sleep(1.5)
+        return counting_builder(calls)(tmp)
+
+    first = threading.Thread(target=build_once, args=(tmp_path / "thing", slow, "the thing"))
+    first.start()
+    started.wait(10)
+    with caplog.at_level("WARNING"):
+        assert (
+            build_once(tmp_path / "thing", counting_builder(calls), "the thing", wait=60)
+            == tmp_path / "thing"
+        )
+    first.join()
+    assert len(calls) == 1
+    assert any(
+        "waiting for" in r.getMessage() and f"pid {os.getpid()}" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_job_gives_up_waiting_after_its_timeout_naming_the_builder(tmp_path):
+    from dist_optical.artifacts import build_once
+    from dist_optical.files import FolderInUse, hold_lock
+
+    held = hold_lock(tmp_path / ".thing.lock", "the build of the thing (elsewhere)")
+    with held, pytest.raises(FolderInUse, match=r"in use by the build of the thing \(elsewhere\).* gave up"):
+        build_once(tmp_path / "thing", counting_builder([]), "the thing", wait=1)
+    assert not (tmp_path / "thing").exists()
+
+
+# Input formats and options: checked before any long work.
+def test_an_empty_bitext_is_refused_at_shard_time(tmp_path):
+    (tmp_path / "a.swh").write_text("")
+    (tmp_path / "a.eng").write_text("")
+    out = tmp_path / "s"
+    proc = cli("shard", str(tmp_path / "a.swh"), str(tmp_path / "a.eng"), "--out", str(out))
+    one_line_error(proc, "a.swh", "no pair to shard")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (("--max-length", "0"), "command line (--max-length 0): expected >= 2"),
+        (("--max-pairs", "-1"), "command line (--max-pairs -1): expected >= 0"),
+        (("--json", "."), "command line (--json .): is a folder"),
+    ],
+)
+def test_eval_options_are_range_checked(option, needle):
+    args = ("eval", "--model", "all-MiniLM-L6-v2", "--queries", str(SWAHILI), "--targets", str(ENGLISH))
+    one_line_error(cli(*args, *option), needle)
+
+
+# --resume PATH into a new run folder carries the source run's trimmed vocabulary.
+def test_resume_from_another_runs_checkpoint_carries_its_vocabulary(finished, tmp_path):
+    before = snapshot(finished)
+    out = tmp_path / "continued"
+    proc = cli(*train_args(out, "train.max_steps=10", resume=str(finished / "checkpoints")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "vocab.json").read_bytes() == (finished / "vocab.json").read_bytes()
+    assert read_metrics(out)[-1]["step"] == 10 and snapshot(finished) == before
+    source = tmp_path / "source"
+    shutil.copytree(finished, source)
+    (source / "vocab.json").unlink()
+    proc = cli(*train_args(tmp_path / "other", "train.max_steps=10", resume=str(source / "checkpoints")))
+    one_line_error(proc, "vocab.json is missing", "model.trim_vocab")
+
+
+# A rank whose launcher dies takes the SIGTERM path: a checkpoint at the step boundary, exit 75.
+def test_a_rank_whose_launcher_is_killed_checkpoints_and_stops(tmp_path):
+    from helpers import free_port
+
+    out, log = tmp_path / "orphan", tmp_path / "rank0.log"
+    env = {**cli_env(), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}  # fmt: skip
+    # A stand-in launcher: starts the rank as torchrun does (a session of its own) and waits for it.
+    launcher_code = (
+        "import subprocess, sys\n"
+        f"rank = subprocess.Popen({train_cmd(out, 'train.max_steps=400')!r}, start_new_session=True,\n"
+        f"                        stderr=open({str(log)!r}, 'w'), stdout=subprocess.DEVNULL)\n"
+        "print(rank.pid, flush=True)\n"
+        "sys.exit(rank.wait())\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], env=env, cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    rank = int(launcher.stdout.readline())
+    deadline = time.time() + 240
+    while time.time() < deadline and len(read_metrics(out)) < 3:
+        time.sleep(0.2)
+    launcher.kill()  # kill -9: no chance to pass anything on
+    launcher.wait()
+    while time.time() < deadline and Path(f"/proc/{rank}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{rank}").exists(), "the orphaned rank is still running"
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text and "Traceback" not in text, text[-2000:]
+    tag = (out / "checkpoints" / "latest").read_text()
+    assert int(tag.removeprefix("step")) == len(read_metrics(out)) >= 3
