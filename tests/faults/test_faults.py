@@ -599,6 +599,31 @@ def test_a_job_gives_up_waiting_after_its_timeout_naming_the_builder(tmp_path):
     assert not (tmp_path / "thing").exists()
 
 
+def test_a_training_jobs_shard_build_waits_for_the_one_in_progress(tmp_path, monkeypatch):
+    import threading
+
+    from dist_optical.data import build_shards, shards
+
+    written: list[str] = []
+    write_shard = shards.write_shard
+
+    def slow_write(path, pairs):
+        written.append(path.name)
+        time.sleep(0.5)
+        return write_shard(path, pairs)
+
+    monkeypatch.setattr(shards, "write_shard", slow_write)
+    out, args = tmp_path / "shards", ([SWAHILI, ENGLISH], tmp_path / "shards", "swh", "eng")
+    first = threading.Thread(target=build_shards, args=args, kwargs={"pairs_per_shard": 5000})
+    first.start()
+    while not written:
+        time.sleep(0.05)
+    manifest = build_shards(*args, pairs_per_shard=5000, wait=60)
+    first.join()
+    assert len(written) == len(manifest["shards"])  # built once, by the first job
+    assert manifest == json.loads((out / "manifest.json").read_text())
+
+
 # Input formats and options: checked before any long work.
 def test_an_empty_bitext_is_refused_at_shard_time(tmp_path):
     (tmp_path / "a.swh").write_text("")
