@@ -45,13 +45,19 @@ def test_aligned_bad_utf8_names_line(tmp_path):
 def test_tsv_two_and_three_columns(tmp_path):
     two = write(tmp_path / "two.tsv", "jambo\thello\nasante\tthanks\n")
     assert list(read_bitext([two])) == [Pair("two:1", "jambo", "hello"), Pair("two:2", "asante", "thanks")]
-    three = write(tmp_path / "three.tsv", "k1\tjambo\thello\nk2\tasante\tthanks\n")
+    three = write(tmp_path / "three.tsv", "key\tsrc\ttgt\nk1\tjambo\thello\nk2\tasante\tthanks\n")
     assert [p.key for p in read_bitext([three])] == ["k1", "k2"]
 
 
 @pytest.mark.parametrize(
     ("text", "line"),
-    [("a\tb\nc\td\te\n", 2), ("a\tb\tc\nd\te\n", 2), ("only one column\n", 1), ("k\ta\tb\nk\tc\td\n", 2)],
+    [
+        ("a\tb\nc\td\te\n", 2),
+        ("key\tsrc\ttgt\na\tb\tc\nd\te\n", 3),
+        ("only one column\n", 1),
+        ("key\tsrc\ttgt\nk\ta\tb\nk\tc\td\n", 3),
+        ("k1\tjambo\thello\n", 1),  # 3 columns, undeclared: key or score? refused
+    ],
 )
 def test_tsv_bad_row_names_file_and_line(tmp_path, text, line):
     path = write(tmp_path / "bad.tsv", text)

@@ -634,6 +634,14 @@ def test_an_empty_bitext_is_refused_at_shard_time(tmp_path):
     assert not out.exists()
 
 
+def test_an_undeclared_three_column_tsv_is_refused(tmp_path):
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("jambo\thello\t0.9\nasante\tthanks\t0.8\n")  # src, tgt, a score: not key, src, tgt
+    out = tmp_path / "s"
+    one_line_error(cli("shard", str(tsv), "--out", str(out)), "pairs.tsv:1", "key<TAB>src<TAB>tgt")
+    assert not out.exists() and tsv.read_text().startswith("jambo")
+
+
 @pytest.mark.parametrize(
     ("option", "needle"),
     [
