@@ -13,6 +13,7 @@ from pathlib import Path
 from dist_optical.config import REPO_ROOT, load_config
 from dist_optical.engine.signals import PREEMPTED_EXIT_CODE, Preempted
 from dist_optical.errors import UserError
+from dist_optical.files import write_failure
 from dist_optical.launch.cluster import CLUSTERS
 from dist_optical.launch.submit import add_arguments as submit_arguments
 from dist_optical.launch.submit import add_job_arguments
@@ -44,13 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", default="", help="'auto' or a checkpoints path")
 
     shard = sub.add_parser("shard", help="write bitext to WebDataset shards + manifest.json")
-    shard.add_argument("inputs", nargs="+", type=Path, help="FOREIGN ENGLISH text/XML files, or one TSV")
+    shard.add_argument("inputs", nargs="+", type=Path, help="FOREIGN PIVOT text/XML files, or one TSV")
     shard.add_argument("--out", type=Path, required=True)
     shard.add_argument("--pairs-per-shard", type=int, default=1000)
     shard.add_argument("--max-shard-bytes", type=int, default=0, help="roll over on size too (0 = off)")
     shard.add_argument("--max-chars", type=int, default=1000, help="drop pairs with a longer side")
     shard.add_argument("--src-lang", default="xx")
-    shard.add_argument("--tgt-lang", default="eng")
+    shard.add_argument("--pivot", default="eng", help="the language of the side the teacher encodes")
     shard.add_argument("--exclude-books", nargs="*", default=[], help="Bible books to hold out, e.g. REV")
     shard.add_argument("--workers", type=int, default=1, help="writer processes")
 
@@ -62,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="parallel-sentence retrieval metrics")
     evaluate.add_argument("--model", required=True, help="exported model folder or packaged model name")
     evaluate.add_argument("--queries", type=Path, required=True, help="foreign sentences, one a line")
-    evaluate.add_argument("--targets", type=Path, required=True, help="English translations, line-aligned")
+    evaluate.add_argument(
+        "--targets", type=Path, required=True, help="pivot (English, French) translations, line-aligned"
+    )
     evaluate.add_argument(
         "--target-model",
         default="",
@@ -70,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--max-pairs", type=int, default=0)
     evaluate.add_argument(
-        "--max-length", type=int, default=0, help="tokens (default: the exported student's, else 128)"
+        "--max-length",
+        type=int,
+        help="tokens per text (default: the exported student's, else the model's own maximum)",
     )
     evaluate.add_argument("--prefix", help="prepended to every text (default: the exported student's)")
     evaluate.add_argument("--json", type=Path, help="write the metrics here")
@@ -123,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(NON_FINITE_EXIT_CODE)
     except UserError as err:  # only the project's own errors: anything else is a bug, with its traceback
         sys.exit(f"dist-optical {args.command}: error: {err}")
+    except OSError as err:  # a write failure no artifact's writer named (a full disk, permissions)
+        failure = write_failure(err, Path(err.filename or "."), "a file")
+        if failure is None:
+            raise
+        sys.exit(f"dist-optical {args.command}: error: {failure}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -138,7 +148,7 @@ def _shard(args: argparse.Namespace) -> None:
         args.inputs,
         args.out,
         src_lang=args.src_lang,
-        tgt_lang=args.tgt_lang,
+        tgt_lang=args.pivot,
         pairs_per_shard=args.pairs_per_shard,
         max_shard_bytes=args.max_shard_bytes,
         max_chars=args.max_chars,
@@ -165,10 +175,11 @@ def _eval(args: argparse.Namespace) -> None:
     from dist_optical.models.encoder import Encoder
     from dist_optical.models.package import exported_meta
 
+    check_eval_options(args)
     # An exported student says how it was trained to encode: prefix, pooling, truncation.
     meta = exported_meta(args.model)
     settings = {
-        "max_length": args.max_length or meta.get("max_length", 128),
+        "max_length": args.max_length or meta.get("max_length", 0),
         "pooling": meta.get("pooling", "mean"),
         "prefix": meta.get("prefix", "") if args.prefix is None else args.prefix,
     }
@@ -193,6 +204,17 @@ def _eval(args: argparse.Namespace) -> None:
     print(format_table({args.model: {args.queries.stem: results}}, "tgt->src"))
     if args.json:
         atomic_write(args.json, json.dumps(results, indent=2))
+
+
+def check_eval_options(args: argparse.Namespace) -> None:
+    """`eval`'s numbers and paths, checked like config values: before any model is loaded."""
+    if args.max_length is not None and args.max_length < 2:
+        raise UserError(f"command line (--max-length {args.max_length}): expected >= 2 tokens (room for "
+                        "the special tokens), or leave it out for the model's own")  # fmt: skip
+    if args.max_pairs < 0:
+        raise UserError(f"command line (--max-pairs {args.max_pairs}): expected >= 0 (0 = all)")
+    if args.json is not None and args.json.is_dir():
+        raise UserError(f"command line (--json {args.json}): is a folder; expected a file path to write")
 
 
 def _export(args: argparse.Namespace) -> None:

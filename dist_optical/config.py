@@ -8,9 +8,11 @@ a number outside the range in its field's `check`. The consumers trust the confi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,12 +68,16 @@ def setting(
 class BitextConfig:
     # The foreign language's code (e.g. swh): names its shard folder and its share in the logs.
     lang: str = setting("", check=(lambda v: bool(v), "a language code (it names the shard folder)"))
-    # Inputs of `dist-optical shard`, relative to `data.root`: two aligned files (FOREIGN ENGLISH), one
-    # TSV, or two verse-aligned Bible XMLs (FOREIGN ENGLISH).
+    # Inputs of `dist-optical shard`, relative to `data.root`: two aligned files (FOREIGN PIVOT), one
+    # TSV, or two verse-aligned Bible XMLs (FOREIGN PIVOT).
     files: list[str] = setting(
-        factory=list, check=(lambda v: len(v) in (1, 2), "FOREIGN ENGLISH files, or one TSV")
+        factory=list, check=(lambda v: len(v) in (1, 2), "FOREIGN PIVOT files, or one TSV")
     )
-    # Sampling weight against the other languages (relative); 0 = from data.temperature and the sizes.
+    # The language of the other side, which the frozen teacher encodes: any language it knows well
+    # (English, French for the news bitext of Wolof and Ewe). Names the shard folder (wol-fra-...).
+    pivot: str = setting("eng", check=(lambda v: bool(v), "a language code (the side the teacher encodes)"))
+    # Sampling weight against the other bitexts (relative); 0 = from data.temperature and the sizes.
+    # Several bitexts may share a language (Bible and news for Wolof), each with its own weight.
     weight: float = setting(0.0, check=NONNEG)
 
 
@@ -79,19 +85,18 @@ class BitextConfig:
 class DataConfig:
     # One root for every shipped data file; CI's copy is read-only, so nothing is written there.
     root: str = "../shared/data"
-    # The training bitexts, one per foreign language; one stream over all of them, each pair once
-    # per epoch, mixed by weight (data/stream.py).
+    # The training bitexts (one or more per foreign language); one stream over all of them, each pair
+    # once per epoch, mixed by weight (data/stream.py).
     bitexts: list[BitextConfig] = setting(
         factory=lambda: [BitextConfig("swh", ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"])],
         check=(lambda v: len(v) > 0, "at least one bitext"),
         resume=True,
     )
-    tgt_lang: str = setting("eng", resume=True)
     # Temperature sampling over language sizes (w ~ n ** (1/T)): 1 = natural mixture, larger = flatter.
     temperature: float = setting(1.0, check=POSITIVE)
     # Bible books never trained on (held out for evaluation), e.g. ["REV"].
     exclude_books: list[str] = setting(factory=lambda: ["REV"])
-    # Folder of shard folders, one per language (`{shards}/{lang}-{tgt_lang}-{content hash}`;
+    # Folder of shard folders, one per bitext (`{shards}/{lang}-{pivot}-{content hash}`;
     # relative to the repo root unless absolute); built on first use.
     shards: str = "shards"
     pairs_per_shard: int = setting(1000, check=NONNEG)
@@ -115,6 +120,7 @@ class ModelConfig:
     # Empty: initialise the student from the teacher's weights.
     student: str = ""
     pooling: Pooling = "mean"
+    # Training truncation (tokens per side). Evaluation and the exported model use eval.max_length.
     max_length: int = setting(64, check=(lambda v: v >= 2, ">= 2 (room for the special tokens)"))
     # Prepended to every text either model encodes, in training, eval and the exported model (E5's
     # "query: "; "" = none).
@@ -180,6 +186,9 @@ class TrainConfig:
     # teacher's numbers to float rounding, fp16 half the size; none = compute live (not "off":
     # YAML reads that as false).
     teacher_cache: TeacherCacheDtype = "none"
+    # Seconds a job waits for another job's build of an artifact they share (the teacher cache), so
+    # that a sweep on a fresh machine builds it once; past this it fails naming the builder.
+    build_wait: float = setting(3600.0, check=NONNEG)
     # Warn when the mean pairwise cosine of the student's sentence embeddings (collapse/student_cos)
     # has used up this fraction of the room between its first-step value and 1: sentence embeddings
     # start near 0.9 for e5 and 0.5 for MiniLM, so a fixed threshold cannot fit both.
@@ -197,7 +206,7 @@ class EvalSet:
     # verses of `books` only; clir: `queries` and `targets` are TSVs (id<TAB>text), `qrels` TREC.
     kind: EvalKind = "parallel"
     queries: str = ""  # foreign side, relative to data.root
-    targets: str = ""  # English side (clir: the documents)
+    targets: str = ""  # pivot side, English or French (clir: the documents)
     max_pairs: int = setting(0, check=NONNEG)
     books: list[str] = field(default_factory=list)  # bible: held-out books, e.g. [REV]
     qrels: str = ""  # clir: "qid 0 docid relevance" lines
@@ -207,6 +216,9 @@ class EvalSet:
 class EvalConfig:
     sets: list[EvalSet] = field(default_factory=list)
     batch_size: int = setting(64, check=ATLEAST1)
+    # Tokens per text in evaluation, the dev curve and the exported model: 0 = the encoder's own
+    # maximum (e5: 512), so a long sentence is judged, and served, whole.
+    max_length: int = setting(0, check=(lambda v: v == 0 or v >= 2, "0 (the encoder's maximum) or >= 2"))
 
 
 @dataclass
@@ -226,17 +238,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"--config {path}: is a folder; expected a YAML file (configs/default.yaml)")
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        raw = loaded or {}
+        raw = read_yaml(path)
     overridden: dict[str, str] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -254,6 +256,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping; a top-level ``base: FILE`` (relative to this file) is read first and
+    this file's keys are merged over it (sections key by key; lists and values replace), so a
+    variant names only what differs from the config it builds on."""
+    if path.is_dir():
+        raise ConfigError(f"--config {path}: is a folder; expected a YAML file (configs/default.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    raw = loaded or {}
+    if "base" not in raw:
+        return raw
+    base = path.parent / str(raw.pop("base"))
+    if base.resolve() in seen:
+        raise ConfigError(f"{path}: base {base} includes itself")
+    return _merged(read_yaml(base, (*seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        both_sections = isinstance(value, dict) and isinstance(base.get(key), dict) and key != "loss"
+        merged[key] = _merged(base[key], value) if both_sections else value
+    return merged
+
+
 @dataclass
 class Source:
     """Where a config value came from: the YAML file, or a command-line override (named in errors)."""
@@ -262,13 +295,19 @@ class Source:
     overridden: dict[str, str] = field(default_factory=dict)
 
     def of(self, key: str) -> str:
+        """The override that set ``key``, a section above it or a key below it; else the file."""
         for dotted, item in self.overridden.items():
-            if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
+            if _nested(key, dotted) or _nested(dotted, key):
                 return f"command line ({item})"
         return self.file
 
     def __str__(self) -> str:
         return self.file
+
+
+def _nested(inner: str, outer: str) -> bool:
+    """Whether dotted key ``inner`` is ``outer`` or lies below it (``outer.x``, ``outer[0]``)."""
+    return inner == outer or inner.startswith((outer + ".", outer + "["))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -342,16 +381,16 @@ def _coerce(hint: Any, value: Any, source: str | Source, key: str) -> Any:
             for k, v in value.items()
         }
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" as a string
-            return float(value)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-4" as a string
+            value = float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(
             f"{where}: config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
         )
+    if hint is float and not math.isfinite(value):  # inf passes every "> 0" check
+        raise ConfigError(f"{where}: config key {key!r}: expected a finite number, got {value!r}")
     return value
 
 

@@ -3,6 +3,7 @@ import re
 import pytest
 
 from dist_optical.config import REPO_ROOT, ConfigError, config_hash, data_path, load_config
+from dist_optical.data.prepare import shard_folder
 
 # Every config but the comparison specs (which are not run configs).
 RUN_CONFIGS = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml") if "compare" not in p.name)
@@ -14,7 +15,8 @@ def test_every_shipped_run_config_loads_and_its_files_exist(name):
     files = [f for b in cfg.data.bitexts for f in b.files]
     files += [f for s in cfg.eval.sets for f in (s.queries, s.targets) if f]
     assert files and all(data_path(cfg, f).is_file() for f in files)
-    assert len({b.lang for b in cfg.data.bitexts}) == len(cfg.data.bitexts)  # one shard folder each
+    folders = {shard_folder(cfg, b) for b in cfg.data.bitexts}
+    assert len(folders) == len(cfg.data.bitexts)  # one shard folder each
 
 
 def test_configs_hash_apart():
@@ -86,9 +88,39 @@ def test_resume_sensitive_fields_come_from_the_schema():
     from dist_optical.config import Config, resume_sensitive
 
     keys = resume_sensitive()
-    assert {"model", "loss", "ot", "contrastive", "data.bitexts", "data.tgt_lang"} == set(keys)
+    assert {"model", "loss", "ot", "contrastive", "data.bitexts"} == set(keys)
     cfg = Config()
     for key in keys:  # every key names a real field
         node = cfg
         for part in key.split("."):
             node = getattr(node, part)
+
+
+def test_a_config_builds_on_its_base(tmp_path):
+    """`base: FILE` is read first; sections merge key by key, lists, values and `loss` replace."""
+    (tmp_path / "base.yaml").write_text(
+        "data: {max_pairs: 7, exclude_books: [REV, JAS]}\nloss: {contrastive: 1.0, mse: 20.0}\n"
+        "train: {lr: 1.0e-4, max_steps: 9}\n"
+    )
+    (tmp_path / "variant.yaml").write_text(
+        "base: base.yaml\ndata: {exclude_books: [REV]}\nloss: {ot: 1.0}\ntrain: {max_steps: 3}\n"
+    )
+    cfg = load_config(tmp_path / "variant.yaml")
+    assert (cfg.data.max_pairs, cfg.data.exclude_books) == (7, ["REV"])
+    assert cfg.loss == {"ot": 1.0}
+    assert (cfg.train.lr, cfg.train.max_steps) == (1e-4, 3)
+    (tmp_path / "base.yaml").write_text("base: variant.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "variant.yaml")
+    (tmp_path / "variant.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "variant.yaml")
+
+
+def test_the_full_tier_is_the_default_recipe_on_all_the_data():
+    default, full = (
+        load_config(REPO_ROOT / "configs/default.yaml"),
+        load_config(REPO_ROOT / "configs/full.yaml"),
+    )
+    assert (full.loss, full.model, full.data.bitexts) == (default.loss, default.model, default.data.bitexts)
+    assert full.data.max_pairs == 0 and default.data.max_pairs > 0

@@ -4,6 +4,7 @@ and `eval`, cross-checked against each other."""
 import json
 
 import pytest
+import torch
 import yaml
 from helpers import run_module
 
@@ -25,7 +26,8 @@ def cli(*args: str):
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("default")
-    proc = cli("run", "--out", str(out), "train.max_steps=6", "train.warmup_steps=2", SETS)
+    small = ("train.max_steps=6", "train.warmup_steps=2", "data.max_pairs=48")
+    proc = cli("run", "--out", str(out), *small, SETS)
     return out, proc.stdout
 
 
@@ -43,10 +45,10 @@ def test_run_prints_before_after_table_and_writes_run_folder(default_run):
         assert 0.0 <= metrics["acc@1"] <= metrics["recall@10"] <= 100.0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 7))
-    languages = [b["lang"] for b in yaml.safe_load((out / "config.yaml").read_text())["data"]["bitexts"]]
-    assert len(languages) > 1 and all(
-        sum(m[f"lang/{lang}"] for lang in languages) == pytest.approx(1.0) for m in metrics
-    )
+    bitexts = yaml.safe_load((out / "config.yaml").read_text())["data"]["bitexts"]
+    pairs = {f"{b['lang']}-{b['pivot']}" for b in bitexts}
+    assert {"wol-fra", "wol-eng", "ewe-fra"} <= pairs  # the default's news bitexts are French-pivoted
+    assert all(sum(m[f"pair/{pair}"] for pair in pairs) == pytest.approx(1.0) for m in metrics)
     assert (out / "model" / "model.safetensors").is_file() and (out / "vocab.json").is_file()
     card = (out / "model" / "README.md").read_text()
     assert "tatoeba-swh" in card and "sentence-transformers" in card
@@ -70,6 +72,29 @@ def test_sentence_transformers_user_gets_the_student_alone_row(default_run):
         assert results[direction] == pytest.approx(rows["trained student alone"]["tatoeba-swh"][direction])
 
 
+def test_exported_student_serves_whole_sentences_at_the_eval_length(default_run):
+    """The exported model truncates where eval does (eval.max_length: 0 = e5's 512), and
+    SentenceTransformer(DIR) embeds a 300-token text as the run's evaluation does."""
+    from sentence_transformers import SentenceTransformer
+
+    from dist_optical.config import load_config
+    from dist_optical.models.encoder import Encoder
+
+    out, _ = default_run
+    cfg = load_config(out / "config.yaml")
+    ours = Encoder.for_eval(str(out / "model"), cfg)
+    model = SentenceTransformer(str(out / "model"), device="cpu")
+    assert model.max_seq_length == ours.max_length == 512
+    meta = json.loads((out / "model" / "dist_optical.json").read_text())
+    assert meta["max_length"] == 512 and meta["train_max_length"] == cfg.model.max_length
+    long_text = " ".join(f"Habari za asubuhi rafiki yangu namba {i}." for i in range(40))
+    assert 300 <= len(ours.tokenizer(long_text)["input_ids"]) <= 512
+    theirs = model.encode([long_text], convert_to_tensor=True)
+    assert torch.allclose(theirs, ours.embed([long_text]), atol=1e-5)
+    truncated = Encoder(ours.name, ours.model, ours.tokenizer, max_length=128).embed([long_text])
+    assert not torch.allclose(theirs, truncated, atol=1e-3)  # the check above sees the tail
+
+
 def eval_tatoeba(model: str, out) -> dict:
     cli(
         "eval",
@@ -81,8 +106,6 @@ def eval_tatoeba(model: str, out) -> dict:
         str(TATOEBA / "tatoeba.swh-eng.eng"),
         "--max-pairs",
         "120",
-        "--max-length",
-        "64",
         "--json",
         str(out),
     )

@@ -182,8 +182,7 @@ class _LazyEvaluator:
             from dist_optical.eval.evaluator import Evaluator
             from dist_optical.models.encoder import Encoder
 
-            model = self.cfg.model
-            teacher = Encoder.from_config(model.teacher, model, tiny=True)
+            teacher = Encoder.for_eval(self.cfg.model.teacher, self.cfg, tiny=True)
             self._evaluator = Evaluator(self.cfg, teacher)
         return self._evaluator
 
@@ -224,7 +223,7 @@ def run_one(
 
         summary = train(cfg, run_dir, resume="auto", stop=stop)
         record["train_wall_s"] = time.perf_counter() - t0
-        model = Encoder.from_config(summary["model"], cfg.model)
+        model = Encoder.for_eval(summary["model"], cfg)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
         results = evaluator.get()(model, ranks=ranks)

@@ -2,7 +2,8 @@
 
 Three input layouts, chosen by extension:
 - two aligned plain-text files ``FOREIGN ENGLISH``, one sentence per line (key ``<stem>:<lineno>``);
-- one ``.tsv`` with ``src<TAB>tgt`` or ``key<TAB>src<TAB>tgt`` rows;
+- one ``.tsv`` with ``src<TAB>tgt`` rows, or ``key<TAB>src<TAB>tgt`` rows under a first row
+  ``key<TAB>src<TAB>tgt`` that declares them (3 undeclared columns are refused as ambiguous);
 - two CES XML Bibles ``FOREIGN.xml ENGLISH.xml`` paired by verse id (key = verse id, e.g. ``b.MAT.1.1``).
 
 Every error names the file and, where there is one, the line: a bad row in a 7k-line corpus must be
@@ -22,6 +23,10 @@ from dist_optical.errors import UserError
 from dist_optical.files import text_lines
 
 logger = logging.getLogger(__name__)
+
+
+# The first row of a 3-column TSV, declaring its columns: without it, 3 columns are refused.
+KEYED_TSV_HEADER = ["key", "src", "tgt"]
 
 
 class Pair(NamedTuple):
@@ -57,10 +62,8 @@ def read_bitext(
     if len(paths) == 2 and suffixes == [".xml", ".xml"]:
         return _read_bible_pairs(paths[0], paths[1], exclude_books, counts)
     if exclude_books:
-        # Not an error: the config default holds out REV for the Bible, and may meet a plain-text corpus.
-        logger.warning(
-            "exclude_books=%s only applies to Bible XML input; ignored for %s", exclude_books, paths
-        )
+        # Not an error, nor worth a warning: the default holds out REV of the Bible beside news bitexts.
+        logger.info("exclude_books=%s only applies to Bible XML input; ignored for %s", exclude_books, paths)
     if len(paths) == 1 and suffixes == [".tsv"]:
         return _read_tsv(paths[0])
     if len(paths) == 2 and not {".xml", ".tsv"} & set(suffixes):
@@ -91,12 +94,16 @@ def _read_tsv(path: Path) -> Iterator[Pair]:
     seen: dict[str, int] = {}
     for lineno, line in text_lines(path, BitextError):
         cols = line.split("\t")
+        if n_cols == 0 and [c.strip() for c in cols] == KEYED_TSV_HEADER:
+            n_cols = 3
+            continue
         if n_cols == 0:
-            if len(cols) not in (2, 3):
+            if len(cols) != 2:  # 3 undeclared could as well be src, tgt and a score as key, src, tgt
                 raise BitextError(
-                    f"{path}:{lineno}: expected 2 (src, tgt) or 3 (key, src, tgt) columns, got {len(cols)}"
+                    f"{path}:{lineno}: expected 2 tab-separated columns (src, tgt), or 3 (key, src, tgt) "
+                    f"declared by a first row 'key<TAB>src<TAB>tgt'; got {len(cols)}"
                 )
-            n_cols = len(cols)
+            n_cols = 2
         elif len(cols) != n_cols:
             raise BitextError(f"{path}:{lineno}: expected {n_cols} tab-separated columns, got {len(cols)}")
         if n_cols == 2:

@@ -19,8 +19,8 @@ def tokenize(
 
 
 def collate_text(samples: list[dict[str, str]]) -> dict[str, list[str]]:
-    """The default collation: columns of strings (key, src, tgt, lang), no tokenization."""
-    return {name: [s[name] for s in samples] for name in ("key", "src", "tgt", "lang")}
+    """The default collation: columns of strings (key, src, tgt, lang, pair), no tokenization."""
+    return {name: [s[name] for s in samples] for name in ("key", "src", "tgt", "lang", "pair")}
 
 
 class PairCollator:

@@ -4,32 +4,47 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import BitextConfig, Config, data_path, repo_path
-from dist_optical.data.collate import tokenize
-from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
+from dist_optical.data.bitext import BitextError
+from dist_optical.data.shards import MANIFEST, build_shards, sha256_file, shards_ready
 from dist_optical.data.stream import ShardStream
+
+log = logging.getLogger("dist_optical.data")
 
 
 def shard_folder(cfg: Config, bitext: BitextConfig) -> Path:
-    """``{data.shards}/{lang}-{tgt}-{digest}``: the digest covers everything that decides the shards'
-    content, so two configs that shard differently (another held-out book) never rebuild each
-    other's folder, which a run of the other may be reading."""
+    """``{data.shards}/{lang}-{pivot}-{digest}``: the digest covers everything that decides the shards'
+    content, the input files' bytes included, so two configs that shard differently (another
+    held-out book, an edited bitext under another data.root) never rebuild each other's folder,
+    which a run of the other may be reading."""
     content = {
         "files": bitext.files,
+        "sha256": [sha256_file(_bitext_file(cfg, bitext, p)) for p in bitext.files],
         "exclude_books": sorted(cfg.data.exclude_books),
         "pairs_per_shard": cfg.data.pairs_per_shard,
         "max_chars": cfg.data.max_chars,
     }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
-    return repo_path(cfg.data.shards) / f"{bitext.lang}-{cfg.data.tgt_lang}-{digest}"
+    return repo_path(cfg.data.shards) / f"{bitext.lang}-{bitext.pivot}-{digest}"
+
+
+def _bitext_file(cfg: Config, bitext: BitextConfig, rel: str) -> Path:
+    path = data_path(cfg, rel)
+    if not path.is_file():
+        raise BitextError(
+            f"data.bitexts ({bitext.lang}-{bitext.pivot}): {path}: no such file "
+            f"(files are relative to data.root {cfg.data.root})"
+        )
+    return path
 
 
 def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
-    """One manifest per language of ``data.bitexts``, built where missing or stale when ``build`` (the
+    """One manifest per bitext of ``data.bitexts``, built where missing or stale when ``build`` (the
     main rank; the others wait at a barrier, then read). Shards live on a filesystem all ranks share
     (the run's repo or a cluster scratch path)."""
     manifests = []
@@ -38,13 +53,13 @@ def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
         inputs = [data_path(cfg, p) for p in bitext.files]
         args = dict(
             src_lang=bitext.lang,
-            tgt_lang=cfg.data.tgt_lang,
+            tgt_lang=bitext.pivot,
             pairs_per_shard=cfg.data.pairs_per_shard,
             max_chars=cfg.data.max_chars,
             exclude_books=tuple(cfg.data.exclude_books),
         )
         if build and not shards_ready(out, inputs, **args):
-            build_shards(inputs, out, **args)
+            build_shards(inputs, out, **args, wait=cfg.train.build_wait)  # another job's build: waited for
         manifests.append(out / MANIFEST)
     return manifests
 
@@ -54,15 +69,20 @@ def student_lengths(
 ) -> list[int] | None:
     """Each training pair's foreign side in the student's tokens (truncated as in training): what
     length grouping sorts by, since the student's forward and backward are most of a step and
-    characters per token vary by language. None with data.on_error=skip (a skipped pair has no
-    length; grouping then falls back to the manifest's character counts)."""
+    characters per token vary by language. Logs the share that model.max_length keeps whole (warns
+    under 99%). None with data.on_error=skip (a skipped pair has no length; grouping then falls back
+    to the manifest's character counts)."""
     if cfg.data.on_error == "skip":
         return None
     stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs)
-    texts = [pair["src"] for pair in stream]
-    return (
-        tokenize(tokenizer, texts, cfg.model.max_length, cfg.model.prefix)["attention_mask"].sum(1).tolist()
-    )
+    texts = [cfg.model.prefix + pair["src"] for pair in stream]
+    whole = [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
+    limit = cfg.model.max_length
+    kept = sum(n <= limit for n in whole) / max(1, len(whole))
+    report = log.info if kept >= 0.99 else log.warning
+    report("model.max_length %d keeps %.1f%% of the %d training pairs' foreign sides whole", limit,
+           100 * kept, len(whole))  # fmt: skip
+    return [min(n, limit) for n in whole]
 
 
 def training_stream(

@@ -35,9 +35,9 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
 from dist_optical.errors import UserError
-from dist_optical.files import atomic_write, hold_lock
+from dist_optical.files import atomic_write, hold_lock, writing
 
-from .bitext import Pair, read_bitext
+from .bitext import BitextError, Pair, read_bitext
 
 MANIFEST = "manifest.json"
 FORMAT = "dist_optical.shards"
@@ -153,10 +153,13 @@ def build_shards(
     exclude_books: Iterable[str] = (),
     workers: int = 1,
     prefix: str | None = None,
+    wait: float = 0,
 ) -> dict[str, Any]:
     """Read one bitext source (see ``read_bitext``), drop empty / over-long pairs, write tar shards and
     the manifest into ``out_dir``; returns the manifest. ``workers > 1`` writes shards in parallel
     processes (one task per shard). All pairs are held in memory: fine for bitext of a few million pairs.
+    ``wait``: seconds to wait for another build of ``out_dir`` in progress (0: fail at once), whose
+    result is then used when it is a build of the same inputs and arguments.
     """
     inputs = [Path(p) for p in inputs]
     out_dir = Path(out_dir)
@@ -183,11 +186,18 @@ def build_shards(
             dropped["too_long"] += 1
         else:
             pairs.append(pair)
+    if not pairs:  # an empty stream would only fail later, deep in training or in a NaN
+        raise BitextError(
+            f"{' '.join(str(p) for p in inputs)}: no pair to shard (dropped empty={dropped['empty']} "
+            f"too_long={dropped['too_long']}; skipped {dict(skipped) or 'none'}): expected at least one"
+        )
     _check_unique_keys(pairs, inputs)
     chunks = plan_shards(pairs, pairs_per_shard, max_shard_bytes)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with hold_lock(out_dir.parent / f".{out_dir.name}.lock", f"shard {out_dir}"):
+    lock = out_dir.parent / f".{out_dir.name}.lock"
+    with writing(out_dir, "the shards"), hold_lock(lock, f"shard {out_dir}", wait):
+        if wait and shards_ready(out_dir, inputs, **args):  # built by the job this one waited for
+            return load_manifest(out_dir)
         foreign = _foreign_files(out_dir)
         if foreign:
             raise ShardFolderError(

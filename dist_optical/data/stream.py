@@ -133,7 +133,8 @@ class ShardStream(IterableDataset):
         lengths: what length grouping sorts by, one per pair in sample-id (manifest) order, e.g. the
             student's token counts; None = both sides' characters, from the manifest.
 
-    Samples are ``{key, src, tgt, lang}`` strings (lang: the source manifest's ``src_lang``).
+    Samples are ``{key, src, tgt, lang, pair}`` strings (lang: the source manifest's ``src_lang``;
+    pair: ``src_lang-tgt_lang``, e.g. ``wol-fra``).
     Iterating the stream directly yields epoch ``set_epoch(e)`` from its start; training should use
     ``ShardLoader``, which batches, counts consumption and resumes.
     """
@@ -166,18 +167,20 @@ class ShardStream(IterableDataset):
         self.urls: list[str] = []
         self.sha256s: list[str | None] = []  # from the manifest (None for URL patterns): checked on read
         self.languages: list[str] = []
+        self.pairs: list[str] = []  # per source, its language pair (``wol-fra``): what logs name
         full_counts: list[int] = []
         counts: list[int] = []
         source_of_shard: list[int] = []
         manifest_lengths: list[np.ndarray] = []
         for index, source in enumerate(sources):
-            urls, source_counts, lang, sha256s, shard_lengths = self._resolve(source)
+            urls, source_counts, (lang, pivot), sha256s, shard_lengths = self._resolve(source)
             # max_pairs keeps the first N pairs of each source's manifest order: cut its shard counts.
             before = np.concatenate([[0], np.cumsum(source_counts)[:-1]]).astype(np.int64)
             kept = np.clip(max_pairs - before, 0, source_counts) if max_pairs > 0 else source_counts
             self.urls += urls
             self.sha256s += sha256s
             self.languages.append(lang)
+            self.pairs.append(f"{lang}-{pivot}" if pivot else lang)
             full_counts += list(source_counts)
             counts += [int(c) for c in kept]
             source_of_shard += [index] * len(urls)
@@ -206,9 +209,10 @@ class ShardStream(IterableDataset):
 
     def _resolve(
         self, source: str | Path
-    ) -> tuple[list[str], list[int], str, list[str | None], list[list[int]]]:
-        """One source -> its shard URLs, their pair counts, its language (manifest ``src_lang``), the
-        shards' sha256 (None where there is no manifest) and each shard's pair lengths."""
+    ) -> tuple[list[str], list[int], tuple[str, str], list[str | None], list[list[int]]]:
+        """One source -> its shard URLs, their pair counts, its languages (manifest ``src_lang`` and
+        ``tgt_lang``, the pivot), the shards' sha256 (None where there is no manifest) and each
+        shard's pair lengths."""
         source = str(source)
         path = Path(source)
         if path.is_dir() or source.endswith(".json"):
@@ -222,14 +226,14 @@ class ShardStream(IterableDataset):
             return (
                 urls,
                 [s["pairs"] for s in shards],
-                manifest.get("src_lang", ""),
+                (manifest.get("src_lang", ""), manifest.get("tgt_lang", "")),
                 [s["sha256"] for s in shards],
                 [s["lengths"] for s in shards],
             )
         urls = expand_urls(source)
         self._check_files(urls, [None] * len(urls))
         lengths = [[_sample_length(sample) for sample in read_shard(url)] for url in urls]
-        return urls, [len(n) for n in lengths], "", [None] * len(urls), lengths
+        return urls, [len(n) for n in lengths], ("", ""), [None] * len(urls), lengths
 
     def _check_files(self, urls: list[str], sizes: list[int | None]) -> None:
         """Fail before training starts: a missing shard would otherwise surface hours in."""
@@ -353,7 +357,8 @@ class _ShardCache:
         url = self.stream.urls[shard]
         if local >= len(samples):
             raise ShardError(f"shard {url}: pair {local} unreadable: {failure}", "corrupt_shard")
-        return _decode(samples[local], url, self.stream.languages[self.stream.source_of_shard[shard]])
+        source = self.stream.source_of_shard[shard]
+        return _decode(samples[local], url, self.stream.languages[source], self.stream.pairs[source])
 
     def _load(self, shard: int) -> tuple[list[dict[str, Any]], str | None]:
         url, expected = self.stream.urls[shard], int(self.stream.full_counts[shard])
@@ -379,7 +384,7 @@ class _ShardCache:
         return samples, failure
 
 
-def _decode(sample: dict[str, Any], url: str, lang: str) -> Sample:
+def _decode(sample: dict[str, Any], url: str, lang: str, pair: str) -> Sample:
     # id.txt holds the original key (dots and all); shards written elsewhere may only have __key__.
     key = _text(sample, "id.txt", url) if "id.txt" in sample else sample["__key__"]
     return {
@@ -387,6 +392,7 @@ def _decode(sample: dict[str, Any], url: str, lang: str) -> Sample:
         "src": _text(sample, "src.txt", url),
         "tgt": _text(sample, "tgt.txt", url),
         "lang": lang,
+        "pair": pair,
     }
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dist_optical.config import Config
+from dist_optical.config import Config, repo_path
+from dist_optical.eval.cache import EmbeddingCache
 from dist_optical.eval.metrics import evaluate_parallel, evaluate_qrels, gold_ranks
 from dist_optical.eval.sets import EvalData, load_eval_set
 from dist_optical.models.encoder import Encoder
@@ -20,18 +21,33 @@ class Evaluator:
     """Holds the eval sets (`evalsets.EvalData`) and the teacher's target embeddings across several
     students. Aligned sets (parallel, bible) are scored both ways; clir sets queries -> documents.
     Each model embeds a text once per call, however many sets share it (the four Revelation sets
-    share their English side)."""
+    share their English side); the teacher's embeddings are cached on disk across runs
+    (eval/cache.py)."""
 
     def __init__(self, cfg: Config, teacher: Encoder):
         self.cfg = cfg
         self.teacher = teacher
+        # The teacher's embeddings are the same in every run: computed once, kept beside the shards.
+        self.teacher_cache = EmbeddingCache(teacher, repo_path(cfg.data.shards) / "eval-cache")
         self.sets: dict[str, EvalData] = {s.name: load_eval_set(cfg, s) for s in cfg.eval.sets}
+        # The last model's embeddings, by side: "student alone" reuses the student's queries.
+        self._last: tuple[Encoder | None, dict[str, dict[str, Tensor]]] = (None, {})
         self.targets = self._embed_all(teacher, "targets")
 
     def _embed_all(self, model: Encoder, side: str) -> dict[str, Tensor]:
-        """Every set's ``side`` (queries or targets) by ``model``: unique texts embedded once."""
+        """Every set's ``side`` (queries or targets) by ``model``: unique texts embedded once, and
+        once per model across calls for the last model seen."""
+        if self._last[0] is not model:
+            self._last = (model, {})
+        memo = self._last[1]
+        if side not in memo:
+            memo[side] = self._embed_sets(model, side)
+        return memo[side]
+
+    def _embed_sets(self, model: Encoder, side: str) -> dict[str, Tensor]:
         texts = list(dict.fromkeys(t for data in self.sets.values() for t in getattr(data, side)))
-        emb = model.embed(texts, self.cfg.eval.batch_size, desc=f"{side} by {model.name}")
+        embed = self.teacher_cache.embed if model is self.teacher else model.embed
+        emb = embed(texts, self.cfg.eval.batch_size, desc=f"{side} by {model.name}")
         row = {text: i for i, text in enumerate(texts)}
         return {
             name: emb[torch.tensor([row[t] for t in getattr(data, side)], dtype=torch.long)]
@@ -41,10 +57,11 @@ class Evaluator:
     def __call__(
         self, query_model: Encoder, target_model: Encoder | None = None, ranks: dict | None = None
     ) -> Results:
-        """Foreign queries by ``query_model``; English targets by the teacher (its cached index), or by
-        ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)` user has it).
+        """Foreign queries by ``query_model``; pivot (English, French) targets by the teacher (its
+        cached index), or by ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)`
+        user has it).
         ``ranks``, if given, receives each aligned set's 1-based gold rank per query (foreign ->
-        English): what a paired bootstrap over queries needs."""
+        pivot): what a paired bootstrap over queries needs."""
         queries = self._embed_all(query_model, "queries")
         targets = self.targets if target_model is None else self._embed_all(target_model, "targets")
         results = {}
@@ -59,14 +76,19 @@ class Evaluator:
         return results
 
 
+DIRECTIONS = {"src->tgt": "foreign queries -> pivot targets", "tgt->src": "pivot queries -> foreign targets"}
+
+
 def format_table(
     rows: dict[str, dict[str, dict[str, dict[str, float]]]],
     direction: str = "src->tgt",
     metrics: tuple[str, ...] = ("acc@1", "mrr@10"),
 ) -> str:
-    """rows: label -> eval set -> direction -> metrics; one Markdown table, a column block per set."""
+    """rows: label -> eval set -> direction -> metrics; one Markdown table, a column block per set,
+    its first header cell naming the direction."""
     sets = list(next(iter(rows.values())))
-    header = "| model | " + " | ".join(f"{s} {m}" if len(metrics) > 1 else s for s in sets for m in metrics)
+    cells = " | ".join(f"{s} {m}" if len(metrics) > 1 else s for s in sets for m in metrics)
+    header = f"| {DIRECTIONS[direction]} | {cells}"
     lines = [header + " |", "|" + "---|" * (1 + len(metrics) * len(sets))]
     for label, results in rows.items():
         cells = [  # clir sets are scored one way only (queries -> documents)

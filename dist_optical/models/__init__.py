@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from inspect import signature
@@ -120,6 +122,25 @@ def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: nn.Module, w
             f"{what}: tokenizer has {len(tokenizer)} tokens but the model's embedding table has {vocab}: "
             "tokenizer and model do not match"
         )
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names and bytes): what a cache of its outputs is
+    keyed by. ~1 s for multilingual-e5-small."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of a tokenizer's vocabulary and rules, not of the truncation and padding that
+    tokenizing a batch leaves set on it (else a second look in one process finds another key)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> Tensor:

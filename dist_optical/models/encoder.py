@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from dist_optical.config import ModelConfig
+from dist_optical.config import Config
 from dist_optical.data.collate import tokenize
 from dist_optical.models import (
     check_tokenizer_fits,
@@ -27,15 +27,18 @@ class Encoder:
     name: str
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
-    max_length: int = 128
+    max_length: int = 0  # tokens per text; 0 = the model's own maximum
     pooling: str = "mean"
     prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.max_length = self.max_length or max_positions(self.model, self.tokenizer)
 
     @classmethod
     def load(
         cls,
         name_or_path: str,
-        max_length: int = 128,
+        max_length: int = 0,
         pooling: str = "mean",
         tiny: dict[str, int] | None = None,
         prefix: str = "",
@@ -47,11 +50,13 @@ class Encoder:
         return cls(name_or_path, model, tokenizer, max_length, pooling, prefix)
 
     @classmethod
-    def from_config(cls, name_or_path: str, model: ModelConfig, tiny: bool = False) -> Encoder:
-        """Encode as the run does (truncation, pooling, prefix); ``tiny``: rebuild model.tiny's seeded
-        random weights (a test config's teacher; an exported student loads its own weights)."""
+    def for_eval(cls, name_or_path: str, cfg: Config, tiny: bool = False) -> Encoder:
+        """Encode as the run evaluates (eval.max_length, model.pooling and prefix); ``tiny``: rebuild
+        model.tiny's seeded random weights (a test config's teacher; an exported student loads its
+        own weights)."""
+        model = cfg.model
         return cls.load(
-            name_or_path, model.max_length, model.pooling, model.tiny if tiny else None, model.prefix
+            name_or_path, cfg.eval.max_length, model.pooling, model.tiny if tiny else None, model.prefix
         )
 
     @torch.no_grad()  # not inference_mode: a ZeRO-3 student gathers its parameters in hooks
@@ -73,3 +78,14 @@ class Encoder:
             ).pooled
             out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
         return out
+
+
+def max_positions(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest input the model takes, in tokens with the special ones: its tokenizer's
+    ``model_max_length`` when set, else its position table (less RoBERTa's padding offset)."""
+    config = model.config
+    positions = config.max_position_embeddings
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= config.pad_token_id + 1  # position ids start after the padding index
+    declared = tokenizer.model_max_length
+    return min(positions, declared) if declared and declared < 1_000_000 else positions

@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from dist_optical.files import atomic_write
+from dist_optical import artifacts
+from dist_optical.files import atomic_write, writing
 from dist_optical.models import ModelError
 
 EXPORT_META = "dist_optical.json"
@@ -27,7 +28,16 @@ def save_student(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, meta: dict[str, Any], card: str
 ) -> None:
     """``meta`` holds at least max_length, pooling and prefix; ``card`` is the model card's Markdown.
-    Built in a temp folder beside ``out`` and renamed over it only when complete."""
+    Built in a temp folder beside ``out``, marked complete (artifacts: each file's size and sha256)
+    and renamed over ``out`` only then; ``out`` must be new, empty or a previous export."""
+    check_replaceable(out)
+    with writing(out, "the exported model"):
+        _save(model, tokenizer, out, meta, card)
+
+
+def _save(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, meta: dict[str, Any], card: str
+) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -51,21 +61,47 @@ def save_student(
         student.save(str(final), create_model_card=False)
         (final / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (final / "README.md").write_text(card, encoding="utf-8")
+        artifacts.mark_complete(final, {})
         old = Path(scratch) / "old"
         if out.exists():  # the previous export moves aside and goes with the scratch folder
             out.rename(old)
         final.rename(out)
 
 
+def check_replaceable(out: Path) -> None:
+    """An export replaces only a previous export (a sentence-transformers folder, ``modules.json``,
+    with our ``dist_optical.json``): never a user's folder, a run folder or a checkpoint tag."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ModelError(f"export to {out}: it exists and is a file; export into a new folder")
+    names = sorted(p.name for p in out.iterdir())
+    if names and not {EXPORT_META, "modules.json"} <= set(names):
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ModelError(
+            f"export to {out}: it holds {shown} and is not a previous export (no {EXPORT_META} and "
+            "modules.json): export into a new folder"
+        )
+
+
 def exported_meta(model_dir: str | Path) -> dict[str, Any]:
-    """``dist_optical.json`` of an exported student ({} for any other folder or name)."""
-    path = Path(model_dir) / EXPORT_META
+    """``dist_optical.json`` of an exported student ({} for any other folder or name); an export
+    whose files no longer match its marker is refused, naming the file."""
+    folder = Path(model_dir)
+    meta = _read_meta(folder / EXPORT_META)
+    if (folder / artifacts.MARKER).is_file() and (why := artifacts.verify(folder)):
+        raise ModelError(f"{folder} is a damaged export: {why}; export it again from its checkpoint")
+    return meta
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ModelError(f"{path}: not valid JSON ({err})") from err
+    return meta if isinstance(meta, dict) else {}
 
 
 def model_card(meta: dict[str, Any], results: dict[str, Any] | None = None) -> str:
@@ -74,7 +110,7 @@ def model_card(meta: dict[str, Any], results: dict[str, Any] | None = None) -> s
         "---",
         "library_name: sentence-transformers",
         "pipeline_tag: sentence-similarity",
-        f"language: [{', '.join([*meta['languages'], 'en'])}]",
+        f"language: [{', '.join([*meta['languages'], *meta.get('pivots', ['eng'])])}]",
         f"license: {meta.get('license', 'mit')}",
         "---",
         "",
@@ -82,7 +118,8 @@ def model_card(meta: dict[str, Any], results: dict[str, Any] | None = None) -> s
         "",
         f"A cross-lingual sentence encoder for {', '.join(meta['languages'])} trained by dist-optical: "
         f"the student was initialised from `{meta['student_init']}` and distilled from the frozen "
-        f"teacher `{meta['teacher']}` on parallel text only (the teacher encodes the English side).",
+        f"teacher `{meta['teacher']}` on parallel text only (the teacher encodes the pivot side: "
+        f"{', '.join(meta.get('pairs', meta['languages']))}).",
         "",
         "| | |",
         "|---|---|",
@@ -90,7 +127,8 @@ def model_card(meta: dict[str, Any], results: dict[str, Any] | None = None) -> s
         f"| training data | {meta['training_data']} |",
         f"| objective | {meta['objective']} |",
         f"| steps x pairs per step | {meta['steps']} x {meta['pairs_per_step']} |",
-        f"| max tokens | {meta['max_length']} |",
+        f"| max tokens | {meta['max_length']} per text (longer input is truncated); trained on up to "
+        f"{meta.get('train_max_length', meta['max_length'])} per side |",
         f"| pooling | {meta['pooling']}, L2-normalised |",
         f"| prefix | {meta['prefix']!r} (applied by default as the `{PROMPT_NAME}` prompt) |",
         f"| licence | weights: {meta['weights_licence']}; training data: {meta['data_licence']} |",
@@ -103,19 +141,27 @@ def model_card(meta: dict[str, Any], results: dict[str, Any] | None = None) -> s
         "",
     ]
     if results:
-        lines += ["## Evaluation (acc@1 %, foreign -> English)", "", _results_table(results), ""]
+        lines += [f"## Evaluation (acc@1 %, at {meta['max_length']} tokens)", ""]
+        for direction, title in (
+            ("src->tgt", "Foreign queries, pivot targets"),
+            ("tgt->src", "Pivot queries, foreign targets"),
+        ):
+            lines += [f"{title}:", "", _results_table(results, direction), ""]
     return "\n".join(lines)
 
 
-def _results_table(results: dict[str, Any]) -> str:
+def _results_table(results: dict[str, Any], direction: str) -> str:
     """results: row label -> eval set -> direction -> metrics."""
     sets = list(next(iter(results.values())))
     lines = ["| model | " + " | ".join(sets) + " |", "|" + "---|" * (1 + len(sets))]
     for label, row in results.items():
-        lines.append(f"| {label} | " + " | ".join(f"{row[s]['src->tgt']['acc@1']:.1f}" for s in sets) + " |")
+        cells = (f"{row[s][direction]['acc@1']:.1f}" if direction in row[s] else "-" for s in sets)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_card(model_dir: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
-    """Rewrite the card with the measured table once the run has evaluated the student."""
-    atomic_write(model_dir / "README.md", model_card(meta, results))
+    """Rewrite the card with the measured table once the run has evaluated the student (and the
+    marker with it)."""
+    atomic_write(model_dir / "README.md", model_card(meta, results), "the model card")
+    artifacts.mark_complete(model_dir, {})

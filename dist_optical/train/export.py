@@ -11,11 +11,13 @@ import torch
 from dist_optical.config import Config, config_hash, load_config
 from dist_optical.engine.checkpoint import CheckpointError, resolve_resume
 from dist_optical.models import load_encoder, load_student, student_name
-from dist_optical.models.package import model_card, save_student
+from dist_optical.models.encoder import max_positions
+from dist_optical.models.package import check_replaceable, model_card, save_student
 from dist_optical.models.vocab import run_kept_ids, untrim_vocab
 
 # What the shipped data may be used for, for the model card (../shared/data/*/SOURCES.md).
 BIBLE_LICENCE = "bible-corpus New Testaments CC0 1.0; English KJV from aruljohn/Bible-kjv, MIT"
+NEWS_LICENCE = "MAFAND-MT news, CC BY-NC 4.0"
 
 
 def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -33,7 +35,9 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]
 def export_checkpoint(checkpoint: Path, out: Path, steps: int | None = None) -> Path:
     """checkpoint: RUN/checkpoints (its `latest`) or RUN/checkpoints/stepNNNNNN.
 
-    RUN/config.yaml (written by every run) says how to rebuild the student."""
+    RUN/config.yaml (written by every run) says how to rebuild the student. ``out`` must be new,
+    empty or a previous export (checked before the long work)."""
+    check_replaceable(out)
     found = resolve_resume(str(checkpoint), checkpoint, what="export")
     if found is None:
         raise CheckpointError(f"export {checkpoint}: no checkpoint there")
@@ -49,25 +53,29 @@ def export_checkpoint(checkpoint: Path, out: Path, steps: int | None = None) -> 
     if kept_ids is not None:  # rows the run never saw keep the original model's values
         original = load_encoder(student_name(cfg.model), cfg.model.tiny, vocab_size=len(tokenizer))
         untrim_vocab(student, original.get_input_embeddings().weight)
-    meta = export_meta(cfg, steps if steps is not None else int(tag.removeprefix("step")))
+    steps = steps if steps is not None else int(tag.removeprefix("step"))
+    meta = export_meta(cfg, steps, cfg.eval.max_length or max_positions(student, tokenizer))
     save_student(student, tokenizer, out, meta, model_card(meta))
     return out
 
 
-def export_meta(cfg: Config, steps: int) -> dict[str, Any]:
+def export_meta(cfg: Config, steps: int, max_length: int) -> dict[str, Any]:
     """Written beside the exported student (dist_optical.json): `eval` reads the teacher that encodes
-    the English side, and the prefix, pooling and truncation the student was trained with."""
-    languages = [b.lang for b in cfg.data.bitexts]
+    the pivot side, and the prefix, pooling and truncation (``max_length``: what the exported model
+    serves, eval.max_length resolved) the student uses."""
+    languages = list(dict.fromkeys(b.lang for b in cfg.data.bitexts))
     terms = " + ".join(f"{w:g}·{name}" for name, w in cfg.loss.items() if w)
     return {
         "teacher": cfg.model.teacher,
         "student_init": student_name(cfg.model),
         "base_model": _base_model(student_name(cfg.model)),
         "pooling": cfg.model.pooling,
-        "max_length": cfg.model.max_length,
+        "max_length": max_length,
+        "train_max_length": cfg.model.max_length,
         "prefix": cfg.model.prefix,
         "languages": languages,
-        "tgt_lang": cfg.data.tgt_lang,
+        "pairs": list(dict.fromkeys(f"{b.lang}-{b.pivot}" for b in cfg.data.bitexts)),
+        "pivots": list(dict.fromkeys(b.pivot for b in cfg.data.bitexts)),
         "training_data": ", ".join(" / ".join(b.files) for b in cfg.data.bitexts)
         + (f" (books {', '.join(cfg.data.exclude_books)} held out)" if cfg.data.exclude_books else ""),
         "objective": terms,
@@ -76,7 +84,12 @@ def export_meta(cfg: Config, steps: int) -> dict[str, Any]:
         "weights_licence": "MIT (intfloat/multilingual-e5-small)"
         if "e5" in student_name(cfg.model)
         else "that of the base model",
-        "data_licence": BIBLE_LICENCE,
+        "data_licence": "; ".join(
+            licence
+            for licence, used in ((BIBLE_LICENCE, ".xml"), (NEWS_LICENCE, "mafand/"))
+            if any(used in f for b in cfg.data.bitexts for f in b.files)
+        )
+        or "that of the training bitext",
         "config_hash": config_hash(cfg),
     }
 

@@ -25,12 +25,11 @@ from dist_optical.config import Config
 from dist_optical.data.collate import tokenize
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.deepspeed import memory_footprint
-from dist_optical.engine.signals import Preempted, StopRequest
-from dist_optical.errors import UserError
-from dist_optical.files import hold_lock
+from dist_optical.engine.signals import Preempted, StopRequest, follow_launcher
+from dist_optical.files import hold_lock, writing
 from dist_optical.models.encoder import Encoder
 from dist_optical.train.export import export_checkpoint
-from dist_optical.train.metrics import check_not_empty, check_skipped, language_shares, warn_if_collapsing
+from dist_optical.train.metrics import check_not_empty, check_skipped, pair_shares, warn_if_collapsing
 from dist_optical.train.run import Run, encoding, setup_run
 
 log = logging.getLogger("dist_optical.train")
@@ -42,9 +41,11 @@ def train(cfg: Config, out: Path, resume: str = "", stop: StopRequest | None = N
     A stop signal checkpoints at the next step boundary and raises `Preempted`; ``stop`` is the flag
     the signals set (a submitit job passes the one its requeue bridge also reads)."""
     env = dist.setup()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
-    out.mkdir(parents=True, exist_ok=True)
+    if env.source == "torchrun":  # torchrun or the deepspeed launcher started this rank
+        follow_launcher()
+    checkpoint.check_run_folder(out)
+    with writing(out, "the run folder"):
+        out.mkdir(parents=True, exist_ok=True)
     with hold_lock(out / "locks" / f"rank{env.rank}.lock", f"train rank {env.rank}"):
         run = setup_run(cfg, out, resume, env)
         trained = run.step < cfg.train.max_steps
@@ -104,7 +105,7 @@ def micro_step(run: Run, batch: dict[str, Any], micro_index: int) -> dict[str, f
         raise FloatingPointError(f"step {step}: {err} (batch keys {batch['key'][:4]}...)") from err
     run.engine.backward(loss)
     run.engine.step()
-    shares = language_shares(batch["lang"], run.stream.languages)
+    shares = pair_shares(batch["pair"], run.stream.pairs)
     return {"loss": loss.item(), **stats, **shares}  # .item(): a host sync
 
 

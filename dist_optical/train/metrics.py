@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from dist_optical.errors import UserError
-from dist_optical.files import atomic_write
+from dist_optical.files import atomic_write, text_lines, writing
 
 log = logging.getLogger("dist_optical.train")
 
 
-def language_shares(langs: list[str], languages: list[str]) -> dict[str, float]:
-    """``lang/XX``: the share of this micro-batch's pairs in each training language (every step logs
-    every language, so the rank mean is the global share)."""
-    if len(languages) < 2:
+def pair_shares(batch_pairs: list[str], pairs: list[str]) -> dict[str, float]:
+    """``pair/XX-YY``: the share of this micro-batch's pairs in each training language pair (every
+    step logs every pair, so the rank mean is the global share); bitexts of one pair add up."""
+    labels = list(dict.fromkeys(pairs))
+    if len(labels) < 2:
         return {}
-    return {f"lang/{lang}": langs.count(lang) / max(1, len(langs)) for lang in languages}
+    return {f"pair/{label}": batch_pairs.count(label) / max(1, len(batch_pairs)) for label in labels}
 
 
 class TooManySkipped(UserError):
@@ -57,6 +58,20 @@ def warn_if_collapsing(metrics: dict[str, float], baseline: float, margin: float
         )  # fmt: skip
 
 
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl up to ``step``; a line that is not one of ours names the file."""
+    kept = []
+    for number, line in text_lines(path, UserError):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            raise UserError(
+                f"{path}:{number}: not a metrics line of a run (a JSON object with a step)"
+            ) from None
+    return kept
+
+
 class MetricsLogger:
     """metrics.jsonl (one line per optimizer step) + TensorBoard scalars, on the main rank only."""
 
@@ -68,11 +83,10 @@ class MetricsLogger:
 
         self.path = out / "metrics.jsonl"
         if self.path.exists():  # drop lines past the checkpoint we resumed from: they will be redone
-            kept = [
-                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
-            ]
-            atomic_write(self.path, "".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
+            kept = _lines_up_to(self.path, resume_step)
+            atomic_write(self.path, "".join(line + "\n" for line in kept), "the metrics")
+        with writing(self.path, "the metrics"):
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
         self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, metrics: dict[str, float]) -> None:
@@ -83,8 +97,9 @@ class MetricsLogger:
         metrics = {k: v for k, v in metrics.items() if k not in unscored}
         if unscored:
             metrics["unscored"] = unscored
-        self.file.write(json.dumps(metrics, allow_nan=False) + "\n")
-        self.file.flush()
+        with writing(self.path, "the metrics"):
+            self.file.write(json.dumps(metrics, allow_nan=False) + "\n")
+            self.file.flush()
         for name, value in metrics.items():
             if name not in ("step", "unscored"):
                 self.tb.add_scalar(name, value, metrics["step"])

@@ -22,6 +22,7 @@ from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, partition_teacher, wrap_student
 from dist_optical.eval.sets import load_eval_set
+from dist_optical.files import atomic_write
 from dist_optical.models import (
     Encoded,
     check_tokenizer_fits,
@@ -34,7 +35,7 @@ from dist_optical.models import (
     student_name,
 )
 from dist_optical.models.encoder import Encoder
-from dist_optical.models.vocab import VOCAB_FILE, run_kept_ids, save_kept_ids, used_ids
+from dist_optical.models.vocab import VOCAB_FILE, VocabError, run_kept_ids, save_kept_ids, used_ids
 from dist_optical.objectives import Objective, idf_table
 from dist_optical.train.devcurve import DevCurve
 from dist_optical.train.metrics import MetricsLogger
@@ -113,7 +114,8 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
         checkpoint.refuse_fresh_start(out)
     manifests = ensure_shards(cfg, build=env.is_main)
     dist.barrier()  # the other ranks read the shards the main rank built
-    kept_ids = student_vocab(cfg, out, manifests, resuming=found is not None, is_main=env.is_main)
+    source = found[0].parent if found is not None else None  # the run folder of the checkpoint
+    kept_ids = student_vocab(cfg, out, manifests, source, is_main=env.is_main)
     teacher, teacher_tok, student, student_tok = build_models(cfg, kept_ids)
     ds_config = build_ds_config(cfg.train, env.world_size)
     if found is not None:  # at another world size, ZeRO state is loaded through a universal checkpoint
@@ -208,8 +210,9 @@ def build_objective(
 
 
 def encoding(cfg: Config) -> dict[str, Any]:
-    """How the run encodes text for retrieval: truncation, pooling, prefix."""
-    return {"max_length": cfg.model.max_length, "pooling": cfg.model.pooling, "prefix": cfg.model.prefix}
+    """How the run encodes text for retrieval (the dev curve, eval, the exported model): the eval
+    truncation, pooling, prefix."""
+    return {"max_length": cfg.eval.max_length, "pooling": cfg.model.pooling, "prefix": cfg.model.prefix}
 
 
 def run_texts(cfg: Config, manifests: list[Path]) -> Iterator[str]:
@@ -224,19 +227,32 @@ def run_texts(cfg: Config, manifests: list[Path]) -> Iterator[str]:
         yield from (cfg.model.prefix + text for text in data.queries + data.targets)
 
 
-def student_vocab(cfg: Config, out: Path, manifests: list[Path], resuming: bool, is_main: bool):
+def student_vocab(cfg: Config, out: Path, manifests: list[Path], source: Path | None, is_main: bool):
     """The kept rows of a trimmed student: computed on a fresh run (main rank) into RUN/vocab.json;
-    a resumed run (any world size) and `export` read them back from there."""
+    a resumed run (any world size) and `export` read them back from there. A run resumed from
+    another run's checkpoint (``source``) carries that run's vocab.json into ``out`` first."""
     if not cfg.model.trim_vocab:
         return None
     path = out / VOCAB_FILE
-    if not resuming:
-        if is_main:
-            kept = used_ids(load_tokenizer(student_name(cfg.model)), run_texts(cfg, manifests))
-            save_kept_ids(path, kept, student_name(cfg.model))
-            log.info("trimmed the student's vocabulary to the %d rows this run's texts use", len(kept))
-        dist.barrier()
+    if is_main and source is None:
+        kept = used_ids(load_tokenizer(student_name(cfg.model)), run_texts(cfg, manifests))
+        save_kept_ids(path, kept, student_name(cfg.model))
+        log.info("trimmed the student's vocabulary to the %d rows this run's texts use", len(kept))
+    elif is_main and source.resolve() != out.resolve() and not path.exists():
+        carry_vocab(source / VOCAB_FILE, path)
+    dist.barrier()
     return run_kept_ids(cfg.model.trim_vocab, out)
+
+
+def carry_vocab(source: Path, path: Path) -> None:
+    """The checkpoint's rows are those of its own run's vocabulary: without it they cannot be rebuilt."""
+    if not source.is_file():
+        raise VocabError(
+            f"--resume from {source.parent}: {source} is missing, and a model.trim_vocab checkpoint's rows "
+            "mean nothing without it (resume with the whole run folder, or train from scratch)"
+        )
+    atomic_write(path, source.read_bytes(), "the run's vocabulary")
+    log.info("carried %s into %s (the checkpoint's trimmed vocabulary)", source, path)
 
 
 def idf_tables(

@@ -15,8 +15,14 @@ def tokenizer():
 
 
 SAMPLES = [
-    {"key": "a:1", "src": "Habari ya asubuhi", "tgt": "Good morning", "lang": "swh"},
-    {"key": "a:2", "src": "Asante", "tgt": "Thank you very much, my friend " * 20, "lang": "swh"},
+    {"key": "a:1", "src": "Habari ya asubuhi", "tgt": "Good morning", "lang": "swh", "pair": "swh-eng"},
+    {
+        "key": "a:2",
+        "src": "Asante",
+        "tgt": "Thank you very much, my friend " * 20,
+        "lang": "swh",
+        "pair": "swh-eng",
+    },
 ]
 
 

@@ -122,12 +122,12 @@ def test_export_replaces_an_old_folder_only_when_complete(tokenizer, tmp_path):
 def test_prefix_reaches_collator_and_encoder(tokenizer):
     """Training batches (both sides) and eval embeddings see the same prefixed text."""
     cfg = load_config(None, ["model.prefix='query: '", f"model.tiny={json.dumps(TINY)}"])
-    sample = [{"key": "k", "src": SEEN[0], "tgt": SEEN[1], "lang": "swh"}]
+    sample = [{"key": "k", "src": SEEN[0], "tgt": SEEN[1], "lang": "swh", "pair": "swh-eng"}]
     batch = PairCollator(tokenizer, tokenizer, 32, cfg.model.prefix)(sample)
     for side, text in (("src", SEEN[0]), ("tgt", SEEN[1])):
         expected = tokenizer("query: " + text, truncation=True, max_length=32)["input_ids"]
         assert batch[f"{side}_input_ids"][0].tolist() == expected
-    encoder = Encoder.from_config(cfg.model.teacher, cfg.model, tiny=True)
+    encoder = Encoder.for_eval(cfg.model.teacher, cfg, tiny=True)
     manual = Encoder("x", encoder.model, tokenizer, max_length=32).embed(["query: " + t for t in SEEN])
     torch.testing.assert_close(encoder.embed(SEEN), manual)
     assert not torch.allclose(Encoder("x", encoder.model, tokenizer, max_length=32).embed(SEEN), manual)

@@ -142,3 +142,25 @@ def test_crash_mid_save_leaves_the_previous_checkpoint_to_resume(uninterrupted, 
     (half / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02truncated")
     run_train(out, "train.max_steps=24", "train.save_every=8", resume="auto")
     assert [m["loss"] for m in read_metrics(out)] == [m["loss"] for m in read_metrics(uninterrupted)]
+
+
+def test_a_french_pivoted_bitext_trains_end_to_end(tmp_path):
+    """Wolof news paired with French beside Swahili verses paired with English: the shard folder, the
+    logged shares and the exported card name the real pairs."""
+    bitexts = (
+        "data.bitexts=[{lang: swh, files: [bible/Swahili-NT.xml, bible/English-KJV-NT.xml]}, "
+        "{lang: wol, pivot: fra, files: [mafand/wol.train.wol, mafand/wol.train.fr]}]"
+    )
+    out, shards = tmp_path / "run", tmp_path / "shards"
+    run_train(out, bitexts, f"data.shards={shards}", "train.max_steps=8")
+    assert sorted(p.name.rsplit("-", 1)[0] for p in shards.iterdir() if p.name[:3] in ("swh", "wol")) == [
+        "swh-eng",
+        "wol-fra",
+    ]
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert all(m["pair/wol-fra"] + m["pair/swh-eng"] == pytest.approx(1.0) for m in metrics)
+    assert 0 < sum(m["pair/wol-fra"] for m in metrics) < len(metrics)
+    meta = json.loads((out / "model" / "dist_optical.json").read_text())
+    assert meta["pairs"] == ["swh-eng", "wol-fra"] and meta["pivots"] == ["eng", "fra"]
+    assert "wol-fra" in (out / "model" / "README.md").read_text()
