@@ -9,6 +9,7 @@ from dist_optical.config import EvalSet, load_config
 from dist_optical.errors import UserError
 from dist_optical.eval.evaluator import Evaluator
 from dist_optical.eval.sets import check_disjoint, load_eval_set, read_trec_qrels
+from dist_optical.models.encoder import Encoder
 
 
 def bible(path, verses):
@@ -97,9 +98,49 @@ def test_evaluator_scores_clir_one_way_and_bible_both_ways(root):
     vectors |= {"B": [1.0, 0.0, 0.0], "C": [0.0, 1.0, 0.0], "b": [0.0, 1.0, 0.1], "c": [1.0, 0.0, 0.1]}
     # q1 is closest to d3 (gain 2), then d1 (gain 1): a perfect ranking; q2 ranks d2 second
     vectors |= {"swali moja": [0.5, 0.0, 1.0], "swali mbili": [1.0, 0.9, 0.0]}
-    results = Evaluator(cfg, Lookup(vectors))(Lookup(vectors))
+    results = Evaluator(cfg, Lookup(vectors), cache=False)(Lookup(vectors))
     assert set(results["clir"]) == {"src->tgt"}
     assert results["clir"]["src->tgt"]["ndcg@10"] == pytest.approx(100 * (1 + 1 / 1.5849625007211563) / 2)
     assert results["clir"]["src->tgt"]["mrr@10"] == pytest.approx(100 * (1 + 0.5) / 2)
     assert set(results["rev"]) == {"src->tgt", "tgt->src"}
     assert results["rev"]["src->tgt"]["acc@1"] == 0.0  # b and c are swapped on purpose
+
+
+class Counting(Encoder):
+    """A real (tiny) encoder that counts the texts it embeds."""
+
+    def embed(self, texts, batch_size=64, desc=""):
+        self.embedded = getattr(self, "embedded", 0) + len(texts)
+        return super().embed(texts, batch_size, desc)
+
+
+def tiny_encoder(cfg, seed=0):
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    base = Encoder.load("all-MiniLM-L6-v2", tiny={**tiny, "seed": seed})
+    return Counting(base.name, base.model, base.tokenizer, cfg.eval.max_length)
+
+
+def test_teacher_embeddings_are_computed_once_across_runs_and_rebuilt_when_damaged(root, tmp_path):
+    (root / "sw.txt").write_text("habari\nasante sana\nkwaheri rafiki\n", encoding="utf-8")
+    (root / "en.txt").write_text("hello\nthank you\ngoodbye friend\n", encoding="utf-8")
+    cfg = load_config(
+        None,
+        [f"data.root={root}", f"data.shards={tmp_path / 'shards'}",
+         "eval.sets=[{name: s, queries: sw.txt, targets: en.txt}]"],
+    )  # fmt: skip
+    teacher, student = tiny_encoder(cfg), tiny_encoder(cfg, seed=1)
+    first = Evaluator(cfg, teacher)
+    computed = first(teacher)
+    assert teacher.embedded == 6
+    again = tiny_encoder(cfg)  # another process's teacher: same weights, nothing embedded
+    assert Evaluator(cfg, again)(again) == computed and getattr(again, "embedded", 0) == 0
+    first(student)
+    first(student, target_model=student)  # "student alone" reuses the student's queries
+    assert student.embedded == 6
+    other = tiny_encoder(cfg, seed=2)  # other weights: another cache entry, computed
+    Evaluator(cfg, other)(other)
+    assert other.embedded == 6
+    for path in (tmp_path / "shards" / "eval-cache").glob("*/embeddings.npy"):
+        path.write_bytes(b"\0" * 64)  # truncated: sizes are checked on every open
+    fresh = tiny_encoder(cfg)
+    assert Evaluator(cfg, fresh)(fresh) == computed and fresh.embedded == 6  # damaged: rebuilt

@@ -43,6 +43,12 @@ def _bitext_file(cfg: Config, bitext: BitextConfig, rel: str) -> Path:
     return path
 
 
+def input_sha256s(cfg: Config) -> dict[str, str]:
+    """Each bitext file (as configured, relative to data.root) -> the sha256 of its bytes: what a
+    checkpoint records, so that a resume on edited text is refused."""
+    return {rel: sha256_file(_bitext_file(cfg, b, rel)) for b in cfg.data.bitexts for rel in b.files}
+
+
 def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
     """One manifest per bitext of ``data.bitexts``, built where missing or stale when ``build`` (the
     main rank; the others wait at a barrier, then read). Shards live on a filesystem all ranks share

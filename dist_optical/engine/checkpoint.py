@@ -208,6 +208,17 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
             )
 
 
+def check_inputs(saved: dict[str, str], current: dict[str, str]) -> None:
+    """Raise naming the first bitext file whose bytes changed since the checkpoint: the run would go
+    on training on other text (its shards, its trimmed vocabulary) than it started with."""
+    for name, digest in saved.items():
+        if current.get(name, digest) != digest:
+            raise CheckpointError(
+                f"cannot resume: {name} changed since the checkpoint (sha256 {digest[:12]}... -> "
+                f"{current[name][:12]}...); restore it, or start a new run folder"
+            )
+
+
 def prepare_elastic(ckpt_dir: Path, tag: str, world_size: int, is_main: bool) -> tuple[Path, str, bool]:
     """Where to load from at this world size: the checkpoint itself, or (ZeRO >= 1 saved at another
     world size) a DeepSpeed universal conversion of it, made once on the main rank.

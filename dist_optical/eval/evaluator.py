@@ -24,11 +24,13 @@ class Evaluator:
     share their English side); the teacher's embeddings are cached on disk across runs
     (eval/cache.py)."""
 
-    def __init__(self, cfg: Config, teacher: Encoder):
+    def __init__(self, cfg: Config, teacher: Encoder, cache: bool = True):
+        """``cache``: keep the teacher's embeddings on disk across runs (they are the same in every
+        run), in ``{data.shards}/eval-cache/``."""
         self.cfg = cfg
         self.teacher = teacher
-        # The teacher's embeddings are the same in every run: computed once, kept beside the shards.
-        self.teacher_cache = EmbeddingCache(teacher, repo_path(cfg.data.shards) / "eval-cache")
+        root = repo_path(cfg.data.shards) / "eval-cache"
+        self.teacher_embed = EmbeddingCache(teacher, root).embed if cache else teacher.embed
         self.sets: dict[str, EvalData] = {s.name: load_eval_set(cfg, s) for s in cfg.eval.sets}
         # The last model's embeddings, by side: "student alone" reuses the student's queries.
         self._last: tuple[Encoder | None, dict[str, dict[str, Tensor]]] = (None, {})
@@ -46,7 +48,7 @@ class Evaluator:
 
     def _embed_sets(self, model: Encoder, side: str) -> dict[str, Tensor]:
         texts = list(dict.fromkeys(t for data in self.sets.values() for t in getattr(data, side)))
-        embed = self.teacher_cache.embed if model is self.teacher else model.embed
+        embed = self.teacher_embed if model is self.teacher else model.embed
         emb = embed(texts, self.cfg.eval.batch_size, desc=f"{side} by {model.name}")
         row = {text: i for i, text in enumerate(texts)}
         return {

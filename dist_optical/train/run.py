@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import Config, config_hash, config_to_dict, save_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream
-from dist_optical.data.prepare import ensure_shards, student_lengths, training_stream
+from dist_optical.data.prepare import ensure_shards, input_sha256s, student_lengths, training_stream
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, partition_teacher, wrap_student
@@ -63,6 +63,7 @@ class Run:
     dev: DevCurve | None
     specials: dict[str, Tensor]  # "teacher", "student": the token ids the OT mask leaves out
     teacher_cache: TeacherCache | None  # train.teacher_cache: the teacher's English outputs, precomputed
+    inputs: dict[str, str] = field(default_factory=dict)  # bitext file -> sha256 (checked on resume)
     step: int = 0  # optimizer steps done
     collapse_baseline: float | None = None  # collapse/student_cos at the first step
     skipped: int = 0  # unreadable pairs dropped so far, all ranks (data.on_error=skip)
@@ -82,7 +83,7 @@ class Run:
     def encode_english(self, batch: dict[str, Any]) -> Encoded:
         """The frozen teacher on the batch's English side: read from the cache, or computed."""
         if self.teacher_cache is not None:
-            return self.teacher_cache.lookup(batch["tgt"]).map(lambda field: field.to(dist.device()))
+            return self.teacher_cache.lookup(batch["tgt"]).map(lambda t: t.to(dist.device()))
         with torch.no_grad():
             return self.encode("teacher", batch["tgt_input_ids"], batch["tgt_attention_mask"])
 
@@ -96,6 +97,7 @@ class Run:
             "versions": checkpoint.versions(),
             "world_size": self.env.world_size,
             "collapse_baseline": self.collapse_baseline,
+            "inputs": self.inputs,
         }
         return checkpoint.save(
             self.engine,
@@ -112,6 +114,7 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
     found = checkpoint.resolve_resume(resume, out)
     if found is None:
         checkpoint.refuse_fresh_start(out)
+    inputs = input_sha256s(cfg)
     manifests = ensure_shards(cfg, build=env.is_main)
     dist.barrier()  # the other ranks read the shards the main rank built
     source = found[0].parent if found is not None else None  # the run folder of the checkpoint
@@ -146,6 +149,7 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
     if found is not None:
         _, client = engine.load_checkpoint(str(load_dir), tag=tag)
         checkpoint.check_compatible(client["config"], config_to_dict(cfg))
+        checkpoint.check_inputs(client.get("inputs", {}), inputs)
         step, collapse_baseline = client["step"], client.get("collapse_baseline")
         loader.load_state_dict(client["data"])
         if env.is_main:
@@ -170,6 +174,7 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
         else None,
         specials=specials,
         teacher_cache=teacher_cache,
+        inputs=inputs,
         step=step,
         collapse_baseline=collapse_baseline,
     )

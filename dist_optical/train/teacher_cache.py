@@ -29,7 +29,7 @@ from dist_optical.artifacts import build_once
 from dist_optical.config import Config, repo_path
 from dist_optical.data import ShardStream
 from dist_optical.data.collate import tokenize
-from dist_optical.models import Encoded, encode, pool
+from dist_optical.models import Encoded, encode, pool, tokenizer_digest, weights_digest
 
 BUILD_BATCH = 64
 
@@ -38,17 +38,13 @@ def cache_key(
     cfg: Config, teacher: nn.Module, tokenizer: PreTrainedTokenizerBase, manifests: list[Path]
 ) -> dict[str, Any]:
     """Everything the cached outputs depend on (its sha256 names the folder)."""
-    weights = hashlib.sha256()
-    for name, tensor in sorted(teacher.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     shards = [
         s["sha256"] for m in manifests for s in json.loads(Path(m).read_text(encoding="utf-8"))["shards"]
     ]
     return {
         "teacher": cfg.model.teacher,
-        "weights_sha256": weights.hexdigest(),
-        "tokenizer_sha256": _tokenizer_sha256(tokenizer),
+        "weights_sha256": weights_digest(teacher),
+        "tokenizer_sha256": tokenizer_digest(tokenizer),
         "prefix": cfg.model.prefix,
         "max_length": cfg.model.max_length,
         "pooling": cfg.model.pooling,
@@ -57,15 +53,6 @@ def cache_key(
         "shards_sha256": hashlib.sha256("".join(shards).encode()).hexdigest(),
         "max_pairs": cfg.data.max_pairs,  # the pairs the run's stream draws from
     }
-
-
-def _tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Of the tokenizer's vocabulary and rules, not of the truncation and padding that tokenizing a
-    batch leaves set on it (else a second open in one process finds another key)."""
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state.pop("truncation", None)
-    state.pop("padding", None)
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 class TeacherCache:

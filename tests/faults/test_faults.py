@@ -700,3 +700,23 @@ def test_a_rank_whose_launcher_is_killed_checkpoints_and_stops(tmp_path):
     assert "stopped by SIGTERM" in text and "Traceback" not in text, text[-2000:]
     tag = (out / "checkpoints" / "latest").read_text()
     assert int(tag.removeprefix("step")) == len(read_metrics(out)) >= 3
+
+
+def test_a_resume_on_an_edited_bitext_is_refused_naming_the_file(tmp_path):
+    """The shards of an edited bitext are another folder, so nothing is rebuilt under the run; and the
+    run itself, resumed, refuses to go on training on other text than it started with."""
+    root = tmp_path / "data"
+    root.mkdir()
+    sw = SWAHILI.read_text(encoding="utf-8").splitlines()[:40]
+    en = ENGLISH.read_text(encoding="utf-8").splitlines()[:40]
+    (root / "a.swh").write_text("\n".join(sw) + "\n", encoding="utf-8")
+    (root / "a.eng").write_text("\n".join(en) + "\n", encoding="utf-8")
+    data = (f"data.root={root}", f"data.shards={tmp_path / 'shards'}",
+            "data.bitexts=[{lang: swh, files: [a.swh, a.eng]}]", "eval.sets=[]")  # fmt: skip
+    out = tmp_path / "run"
+    run_train(out, *data, "train.max_steps=4", "train.save_every=2")
+    before = snapshot(out)
+    (root / "a.eng").write_text("\n".join(en[::-1]) + "\n", encoding="utf-8")  # same lines, other pairs
+    proc = cli(*train_args(out, *data, "train.max_steps=8", resume="auto"))
+    one_line_error(proc, "cannot resume", "a.eng changed since the checkpoint")
+    assert snapshot(out) == before
