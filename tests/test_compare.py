@@ -160,7 +160,12 @@ def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
 
 
 def test_a_job_array_reproduces_the_in_process_runs(compared, tmp_path):
-    spec, inline = compared
+    """On a fresh machine: the array's jobs start together on shard, teacher-cache and eval-cache
+    folders none has built; one builds each, the others wait for it."""
+    inline = compared[1]
+    spec = tmp_path / "fresh.yaml"
+    fresh = f"overrides:\n  data: {{shards: {tmp_path / 'fresh-shards'}}}\n"
+    spec.write_text(SPEC.replace("overrides:\n", fresh), encoding="utf-8")
     out = tmp_path / "array"
     proc = compare(spec, out, "--cluster", "local", "--wait")
     assert "submitted 5 unfinished run(s) as local job(s)" in proc.stdout, proc.stdout
@@ -174,6 +179,7 @@ def test_a_job_array_reproduces_the_in_process_runs(compared, tmp_path):
 
     assert numbers(results) == numbers(json.loads((inline / "results.json").read_text()))
     assert "every run is finished" in compare(spec, out, "--cluster", "local").stdout
+    assert (tmp_path / "fresh-shards" / "teacher-cache").is_dir()
 
 
 def xml_bible(path, books):

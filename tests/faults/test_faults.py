@@ -720,3 +720,23 @@ def test_a_resume_on_an_edited_bitext_is_refused_naming_the_file(tmp_path):
     proc = cli(*train_args(out, *data, "train.max_steps=8", resume="auto"))
     one_line_error(proc, "cannot resume", "a.eng changed since the checkpoint")
     assert snapshot(out) == before
+
+
+def test_two_jobs_on_fresh_shared_shards_and_teacher_cache_both_finish_as_if_alone(tmp_path):
+    """Started together on folders neither has built: one builds the shards and the teacher cache, the
+    other waits for each build and uses it; both then train exactly as a job alone does."""
+    from helpers import assert_same_run
+
+    alone = tmp_path / "alone"
+    run_train(alone, f"data.shards={tmp_path / 'own-shards'}", "train.max_steps=8")
+    shared = f"data.shards={tmp_path / 'shared-shards'}"
+    jobs = [
+        subprocess.Popen(train_cmd(tmp_path / f"job{i}", shared, "train.max_steps=8"), env=cli_env(),
+                         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in (0, 1)
+    ]  # fmt: skip
+    for job in jobs:
+        assert job.wait(timeout=600) == 0, job.stderr.read()[-3000:]
+    for i in (0, 1):
+        assert_same_run(tmp_path / f"job{i}", alone)
+    assert len(list((tmp_path / "shared-shards" / "teacher-cache").glob("[!.]*"))) == 1  # built once
