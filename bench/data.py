@@ -50,6 +50,7 @@ def write_big_tsv(inputs: list[Path], path: Path, copies: int) -> Path:
     """The Bible pairs ``copies`` times as one TSV: enough shards for parallel writing to matter."""
     pairs = list(read_bitext(inputs))
     with path.open("w", encoding="utf-8") as f:
+        f.write("key\tsrc\ttgt\n")  # declares the three columns
         for copy in range(copies):
             f.writelines(f"{p.key}#{copy}\t{p.src}\t{p.tgt}\n" for p in pairs)
     return path
@@ -102,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config()
     load_before = os.getloadavg()[0]  # other jobs on a shared machine skew every figure: record it
-    inputs = [data_path(cfg, p) for p in cfg.data.bitext]
+    inputs = [data_path(cfg, p) for p in cfg.data.bitexts[0].files]
 
     with tempfile.TemporaryDirectory() as tmp:
         big = write_big_tsv(inputs, Path(tmp) / "big.tsv", copies=10)

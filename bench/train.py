@@ -1,12 +1,12 @@
-"""Training throughput, in one run: first the anatomy of one step in one process for each way of
-wasting less work (bench/anatomy.py: phase shares, padding, real-token FLOP/s against the matmul
-rate measured in the same process), then throughput and per-rank memory for ZeRO 0/1/2/3 at 2 ranks
-and the trimmed student vocabulary against the full one.
+"""Training throughput, in one run: first the anatomy of one step in one process for the default and
+for each of its settings changed one at a time (bench/anatomy.py: phase shares, padding, real-token
+FLOP/s against the matmul rate measured in the same process), then throughput and per-rank memory
+for ZeRO 0/1/2/3 at 2 ranks and the trimmed student vocabulary against the full one.
 
     python bench/train.py            # default config: multilingual-e5-small, four languages, 2 CPU ranks
     python bench/train.py --quick    # tiny config (seconds), for a smoke check
     python bench/train.py --config configs/minilm.yaml   # the English-vocabulary path
-    python bench/train.py --skip-zero                    # the anatomy table only
+    python bench/train.py --skip-zero                    # the anatomy table only (train-anatomy.json)
 
 Each row is a real `torchrun --nproc_per_node 2 -m dist_optical train` run; figures come
 from its metrics.jsonl: samples/s (median over steps after the first `--skip`), and each rank's
@@ -66,20 +66,19 @@ def run_stage(
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-# The anatomy rows: the trainer as it was before (padded batches, live teacher, unfused AdamW), each
-# way of wasting less work added in turn up to today's default, then variations of the default.
+# The anatomy rows: today's default, then the default with one setting changed at a time: what each
+# of its choices costs or saves per step.
 UNFUSED = "UNFUSED"  # stands for a copy of the run's DeepSpeed JSON without "fused" (made by main)
-BEFORE = ("data.length_window=0", "train.teacher_cache=none", UNFUSED)
-DEFAULT = ("data.length_window=256", "train.teacher_cache=fp16")
 ANATOMY = [
-    ("before: padded, live teacher, unfused AdamW", BEFORE),
-    ("+ fused AdamW", ("data.length_window=0", "train.teacher_cache=none")),
-    ("+ length-grouped batches", ("data.length_window=256", "train.teacher_cache=none")),
-    ("+ teacher cache (fp16): the default", DEFAULT),
-    ("default, ZeRO-0 (one process)", (*DEFAULT, "train.deepspeed=configs/ds/zero0.json")),
-    ("default, no DataLoader worker", (*DEFAULT, "data.num_workers=0")),
-    ("default, 1 intra-op thread", (*DEFAULT, "OMP_NUM_THREADS=1")),
-    ("default, full vocabulary", (*DEFAULT, "model.trim_vocab=false")),
+    ("default: bf16, InfoNCE + MSE + English, live teacher, 128 tokens", ()),
+    ("at 64 tokens (the old truncation)", ("model.max_length=64",)),
+    ("in fp32", ("train.precision=fp32",)),
+    ("without the English term", ("loss={contrastive: 1.0, mse: 100.0}",)),
+    ("padded (no length grouping)", ("data.length_window=0",)),
+    ("unfused AdamW", (UNFUSED,)),
+    ("ZeRO-0 (one process)", ("train.deepspeed=configs/ds/zero0.json",)),
+    ("1 intra-op thread", ("OMP_NUM_THREADS=1",)),
+    ("full vocabulary", ("model.trim_vocab=false",)),
 ]
 
 
@@ -101,7 +100,7 @@ def run_anatomy(config: Path, steps: int, skip: int, overrides: tuple[str, ...])
 
 def anatomy_table(rows: list[dict]) -> str:
     phases = ("data", "teacher forward", "student forward", "loss", "backward", "optimizer step")
-    columns = ["configuration", "s/step", "samples/s", "vs before", "padding", *phases,
+    columns = ["configuration", "s/step", "samples/s", "vs default", "padding", *phases,
                "real GFLOP/s", "matmul peak GFLOP/s", "real / peak"]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:

@@ -22,7 +22,7 @@ def sources(tmp_path_factory) -> list[Path]:
     folders = []
     for lang, n in SIZES.items():
         rows = [f"v{i}\t{lang} sentence {i}\tenglish {i}" for i in range(n)]
-        (tmp / f"{lang}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        (tmp / f"{lang}.tsv").write_text("\n".join(["key\tsrc\ttgt", *rows]) + "\n", encoding="utf-8")
         build_shards([tmp / f"{lang}.tsv"], tmp / lang, lang, "eng", pairs_per_shard=23)
         folders.append(tmp / lang)
     return folders

@@ -73,7 +73,7 @@ def same_language_sources(tmp_path_factory) -> list[Path]:
     folders = []
     for pivot, n in (("eng", 53), ("fra", 131)):
         rows = [f"{pivot}{i}\twol sentence {i}\t{pivot} sentence {i}" for i in range(n)]
-        (tmp / f"{pivot}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        (tmp / f"{pivot}.tsv").write_text("\n".join(["key\tsrc\ttgt", *rows]) + "\n", encoding="utf-8")
         build_shards([tmp / f"{pivot}.tsv"], tmp / pivot, "wol", pivot, pairs_per_shard=17)
         folders.append(tmp / pivot)
     return folders

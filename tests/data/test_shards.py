@@ -117,6 +117,6 @@ def test_shards_ready_checks_sources_args_and_files(tmp_path):
 
 def test_key_collision_is_an_error(tmp_path):
     tsv = tmp_path / "k.tsv"
-    tsv.write_text("a.b\tx\ty\na_b\tz\tw\n", encoding="utf-8")
+    tsv.write_text("key\tsrc\ttgt\na.b\tx\ty\na_b\tz\tw\n", encoding="utf-8")
     with pytest.raises(UserError, match="collide"):
         build_shards([tsv], tmp_path / "s", "swh", "eng")

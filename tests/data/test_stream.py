@@ -30,7 +30,7 @@ def shard_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bitext")
     rng = random.Random(0)
     rows = [f"k{i}.x\t{'s' * rng.choice([1, 1, 1, 1, 900, 4000])} {i}\tt {i}" for i in range(N_PAIRS)]
-    (tmp / "toy.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp / "toy.tsv").write_text("\n".join(["key\tsrc\ttgt", *rows]) + "\n", encoding="utf-8")
     build_shards(
         [tmp / "toy.tsv"],
         tmp / "shards",
