@@ -32,10 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dist_optical.artifacts import MARKER  # noqa: E402
 from dist_optical.config import load_config  # noqa: E402
 from dist_optical.engine import dist  # noqa: E402
 from dist_optical.train.run import setup_run  # noqa: E402
-from dist_optical.train.teacher_cache import MARKER  # noqa: E402
 
 PHASES = ("data", "teacher forward", "student forward", "loss", "backward", "optimizer step")
 
@@ -69,6 +69,7 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
         cache = None  # the cache's record: size, texts, and how long its (first) build took
         if run.teacher_cache is not None:
             cache = json.loads((run.teacher_cache.folder / MARKER).read_text(encoding="utf-8"))
+            cache["bytes"] = sum(f["bytes"] for f in cache["files"].values())
         model_cfg = run.engine.module.config
         shape = (model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size)
         batches, records = iter(run.loader), []
@@ -82,16 +83,19 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
             english = run.encode_english(batch)
             times["teacher forward"], t = time.perf_counter() - t, time.perf_counter()
             foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
+            pivot = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
             times["student forward"], t = time.perf_counter() - t, time.perf_counter()
-            loss, _ = run.objective(english, foreign, None)
+            loss, _ = run.objective(english, foreign, pivot)
             times["loss"], t = time.perf_counter() - t, time.perf_counter()
             run.engine.backward(loss)
             times["backward"], t = time.perf_counter() - t, time.perf_counter()
             run.engine.step()
             times["optimizer step"] = time.perf_counter() - t
             tokens = {}
-            for side, key in (("teacher", "tgt_attention_mask"), ("student", "src_attention_mask")):
-                mask = batch[key]
+            masks = {"teacher": batch["tgt_attention_mask"], "student": batch["src_attention_mask"]}
+            if pivot is not None:  # the student's pass over the pivot side (the `english` term)
+                masks["student pivot"] = pivot.input_ids != run.student_tok.pad_token_id
+            for side, mask in masks.items():
                 tokens[side] = {"real": mask.sum(1), "padded": torch.full((len(mask),), mask.shape[1])}
             records.append({"times": times, "tokens": tokens})
         run.engine.destroy()
@@ -100,6 +104,8 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
     # The work done: the student's forward and backward (2x), and the teacher's forward unless the
     # cache replaced it (then the English side costs no FLOPs and its padding costs nothing).
     computed = {"student": 3, **({"teacher": 1} if cache is None else {})}
+    if "student pivot" in timed[0]["tokens"]:
+        computed["student pivot"] = 3
     flops = {}
     for kind in ("real", "padded"):
         per_step = [

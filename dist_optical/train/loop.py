@@ -22,7 +22,6 @@ import torch
 from tqdm import tqdm
 
 from dist_optical.config import Config
-from dist_optical.data.collate import tokenize
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.deepspeed import memory_footprint
 from dist_optical.engine.signals import Preempted, StopRequest, follow_launcher
@@ -94,10 +93,7 @@ def micro_step(run: Run, batch: dict[str, Any], micro_index: int) -> dict[str, f
     torch.manual_seed(step_seed(cfg.train.seed, run.env.rank, micro_index))
     english = run.encode_english(batch)
     foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
-    student_english = None
-    if run.objective.needs_student_english:  # English through the student too, by its own tokenizer
-        ids = tokenize(run.student_tok, batch["tgt"], cfg.model.max_length, cfg.model.prefix)
-        student_english = run.encode("student", ids["input_ids"], ids["attention_mask"])
+    student_english = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
     try:
         loss, stats = run.objective(english, foreign, student_english)
     except FloatingPointError as err:

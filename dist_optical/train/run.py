@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import Config, config_hash, config_to_dict, save_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream
+from dist_optical.data.collate import tokenize
 from dist_optical.data.prepare import ensure_shards, input_sha256s, student_lengths, training_stream
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
@@ -86,6 +87,12 @@ class Run:
             return self.teacher_cache.lookup(batch["tgt"]).map(lambda t: t.to(dist.device()))
         with torch.no_grad():
             return self.encode("teacher", batch["tgt_input_ids"], batch["tgt_attention_mask"])
+
+    def encode_pivot_by_student(self, batch: dict[str, Any]) -> Encoded:
+        """The student on the batch's pivot side, by its own tokenizer: what the `english` term
+        anchors to the teacher's embedding of the same text."""
+        ids = tokenize(self.student_tok, batch["tgt"], self.cfg.model.max_length, self.cfg.model.prefix)
+        return self.encode("student", ids["input_ids"], ids["attention_mask"])
 
     def save(self) -> Path:
         """A complete checkpoint tag of the current step (every rank saves its ZeRO shard)."""
