@@ -80,6 +80,11 @@ class BitextConfig:
     # Several bitexts may share a language (Bible and news for Wolof), each with its own weight.
     weight: float = setting(0.0, check=NONNEG)
 
+    @property
+    def pair(self) -> str:
+        """``wol-fra``: the language pair, as shard folders, logs and the model card name it."""
+        return f"{self.lang}-{self.pivot}"
+
 
 @dataclass
 class DataConfig:

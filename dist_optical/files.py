@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -186,3 +187,15 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def input_sha256(path: Path) -> str:
+    """sha256 of an input file (a bitext, a model file), hashed once per process while its size and
+    mtime stay the same: start-up names shard folders, checks shards and records inputs from it."""
+    stat = Path(path).stat()
+    return _input_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _input_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))

@@ -58,7 +58,7 @@ def _run_pipeline(cfg: Config, out: Path, resume: str) -> dict[str, Results]:
     atomic_write(out / "eval.json", json.dumps(report, indent=2))
     model_dir = Path(summary["model"])
     write_card(model_dir, exported_meta(model_dir), rows)
-    pairs = ", ".join(dict.fromkeys(f"{b.lang}-{b.pivot}" for b in cfg.data.bitexts))
+    pairs = ", ".join(dict.fromkeys(b.pair for b in cfg.data.bitexts))
     print(f"\nRetrieval acc@1 % (trained on {pairs}), at {student.max_length} tokens per text:\n")
     print(format_table(rows, "src->tgt", metrics=("acc@1",)))
     print()

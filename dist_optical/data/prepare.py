@@ -11,8 +11,9 @@ from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import BitextConfig, Config, data_path, repo_path
 from dist_optical.data.bitext import BitextError
-from dist_optical.data.shards import MANIFEST, build_shards, sha256_file, shards_ready
+from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
 from dist_optical.data.stream import ShardStream
+from dist_optical.files import input_sha256
 
 log = logging.getLogger("dist_optical.data")
 
@@ -24,20 +25,20 @@ def shard_folder(cfg: Config, bitext: BitextConfig) -> Path:
     which a run of the other may be reading."""
     content = {
         "files": bitext.files,
-        "sha256": [sha256_file(_bitext_file(cfg, bitext, p)) for p in bitext.files],
+        "sha256": [input_sha256(_bitext_file(cfg, bitext, p)) for p in bitext.files],
         "exclude_books": sorted(cfg.data.exclude_books),
         "pairs_per_shard": cfg.data.pairs_per_shard,
         "max_chars": cfg.data.max_chars,
     }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
-    return repo_path(cfg.data.shards) / f"{bitext.lang}-{bitext.pivot}-{digest}"
+    return repo_path(cfg.data.shards) / f"{bitext.pair}-{digest}"
 
 
 def _bitext_file(cfg: Config, bitext: BitextConfig, rel: str) -> Path:
     path = data_path(cfg, rel)
     if not path.is_file():
         raise BitextError(
-            f"data.bitexts ({bitext.lang}-{bitext.pivot}): {path}: no such file "
+            f"data.bitexts ({bitext.pair}): {path}: no such file "
             f"(files are relative to data.root {cfg.data.root})"
         )
     return path
@@ -46,7 +47,7 @@ def _bitext_file(cfg: Config, bitext: BitextConfig, rel: str) -> Path:
 def input_sha256s(cfg: Config) -> dict[str, str]:
     """Each bitext file (as configured, relative to data.root) -> the sha256 of its bytes: what a
     checkpoint records, so that a resume on edited text is refused."""
-    return {rel: sha256_file(_bitext_file(cfg, b, rel)) for b in cfg.data.bitexts for rel in b.files}
+    return {rel: input_sha256(_bitext_file(cfg, b, rel)) for b in cfg.data.bitexts for rel in b.files}
 
 
 def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:

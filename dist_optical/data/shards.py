@@ -35,7 +35,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
 from dist_optical.errors import UserError
-from dist_optical.files import atomic_write, hold_lock, writing
+from dist_optical.files import atomic_write, hold_lock, input_sha256, write_json, writing
 
 from .bitext import BitextError, Pair, read_bitext
 
@@ -68,14 +68,6 @@ def safe_key(key: str) -> str:
     """A webdataset-safe ``__key__``: webdataset splits file names on the first dot, so ``b.MAT.1.1``
     would lose its verse; keep only ``[A-Za-z0-9_-]`` (``b_MAT_1_1``). The original key is in id.txt."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", key)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sample_bytes(pair: Pair) -> int:
@@ -217,13 +209,13 @@ def build_shards(
                 "tgt_lang": tgt_lang,
                 "total_pairs": len(pairs),
                 "shards": entries,
-                "sources": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in inputs],
+                "sources": [{"path": str(p.resolve()), "sha256": input_sha256(p)} for p in inputs],
                 "dropped": dropped,
                 "skipped": dict(sorted(skipped.items())),
                 "args": args,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            _write_json_atomic(build / MANIFEST, manifest)
+            write_json(build / MANIFEST, manifest, "the shard manifest")
             _swap_in(build, out_dir)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)  # only this build's own temp folder
@@ -300,10 +292,6 @@ def _listed_shards(manifest_path: Path) -> set[str]:
         return set()
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=1) + "\n")
-
-
 def load_manifest(path: Path | str) -> dict[str, Any]:
     """Read a manifest (or the one inside a shard folder) and check its format version."""
     path = Path(path)
@@ -324,7 +312,7 @@ def shards_ready(out_dir: Path | str, inputs: Sequence[Path | str], **build_args
         manifest = load_manifest(out_dir)
     except (OSError, ValueError, ShardFolderError):  # missing, unreadable, or another format version
         return False
-    if [s["sha256"] for s in manifest["sources"]] != [sha256_file(Path(p)) for p in inputs]:
+    if [s["sha256"] for s in manifest["sources"]] != [input_sha256(Path(p)) for p in inputs]:
         return False
     recorded = manifest["args"]
     for name, value in build_args.items():

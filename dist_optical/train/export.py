@@ -74,7 +74,7 @@ def export_meta(cfg: Config, steps: int, max_length: int) -> dict[str, Any]:
         "train_max_length": cfg.model.max_length,
         "prefix": cfg.model.prefix,
         "languages": languages,
-        "pairs": list(dict.fromkeys(f"{b.lang}-{b.pivot}" for b in cfg.data.bitexts)),
+        "pairs": list(dict.fromkeys(b.pair for b in cfg.data.bitexts)),
         "pivots": list(dict.fromkeys(b.pivot for b in cfg.data.bitexts)),
         "training_data": ", ".join(" / ".join(b.files) for b in cfg.data.bitexts)
         + (f" (books {', '.join(cfg.data.exclude_books)} held out)" if cfg.data.exclude_books else ""),

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from dist_optical.config import REPO_ROOT
 from dist_optical.data import ShardLoader, ShardStream, build_shards
-from dist_optical.data.shards import read_shard, sha256_file
+from dist_optical.data.shards import read_shard
 from dist_optical.data.stream import ShardError, partition
 from dist_optical.errors import UserError
+from dist_optical.files import sha256_file
 
 N_PAIRS = 203  # prime: never a multiple of world_size x batch_size
 
