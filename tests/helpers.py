@@ -16,6 +16,8 @@ from dist_optical.config import REPO_ROOT
 from dist_optical.engine.dist import DIST_VARS, free_port  # noqa: F401  (re-exported for tests)
 
 TINY = REPO_ROOT / "configs" / "tiny.yaml"
+# The base of tests that build a config from overrides (one Swahili bitext, MiniLM, no eval sets).
+BARE = REPO_ROOT / "tests" / "bare.yaml"
 # 12 steps (3 epochs of 4 steps on 2 ranks), periodic checkpoints at 4 and 8.
 RUN = ("train.max_steps=12", "train.save_every=4")
 # For two stops in one run: after a resume the tiny model does ~12 steps/s, so 12 steps could end

@@ -1,6 +1,7 @@
 import re
 
 import pytest
+from helpers import BARE
 
 from dist_optical.config import REPO_ROOT, ConfigError, config_hash, data_path, load_config
 from dist_optical.data.prepare import shard_folder
@@ -68,7 +69,7 @@ def test_overrides_are_typed_and_nested():
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, [override])
+        load_config(BARE, [override])
 
 
 def test_bad_file(tmp_path):
@@ -115,6 +116,14 @@ def test_a_config_builds_on_its_base(tmp_path):
     (tmp_path / "variant.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_config(tmp_path / "variant.yaml")
+
+
+def test_the_shipped_default_is_the_dataclass_defaults():
+    """One source of defaults: a key a YAML leaves out takes the value configs/default.yaml shows."""
+    from dist_optical.config import Config
+
+    assert load_config(REPO_ROOT / "configs/default.yaml") == Config()
+    assert load_config(None) == Config()
 
 
 def test_the_full_tier_is_the_default_recipe_on_all_the_data():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import BARE
 
 from dist_optical.config import EvalSet, load_config
 from dist_optical.errors import UserError
@@ -29,7 +30,7 @@ def root(tmp_path):
 
 
 def config(root, *sets):
-    return load_config(None, [f"data.root={root}", f"eval.sets={list(sets)}"])
+    return load_config(BARE, [f"data.root={root}", f"eval.sets={list(sets)}"])
 
 
 def test_bible_set_pairs_the_held_out_book_by_verse_id(root):
@@ -124,7 +125,7 @@ def test_teacher_embeddings_are_computed_once_across_runs_and_rebuilt_when_damag
     (root / "sw.txt").write_text("habari\nasante sana\nkwaheri rafiki\n", encoding="utf-8")
     (root / "en.txt").write_text("hello\nthank you\ngoodbye friend\n", encoding="utf-8")
     cfg = load_config(
-        None,
+        BARE,
         [f"data.root={root}", f"data.shards={tmp_path / 'shards'}",
          "eval.sets=[{name: s, queries: sw.txt, targets: en.txt}]"],
     )  # fmt: skip

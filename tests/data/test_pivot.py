@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import BARE
 from test_languages import epoch_pairs  # tests/data is on sys.path (no __init__.py)
 
 from dist_optical.config import ConfigError, data_path, load_config
@@ -20,7 +21,7 @@ def two_wolof_bitexts(shards: Path):
     bitexts = (
         f"data.bitexts=[{{lang: wol, files: {BIBLE_WOL}}}, {{lang: wol, pivot: fra, files: {NEWS_WOL}}}]"
     )
-    return load_config(None, [bitexts, f"data.shards={shards}"])
+    return load_config(BARE, [bitexts, f"data.shards={shards}"])
 
 
 def test_pivot_defaults_to_english_and_names_the_shard_folder(tmp_path):
@@ -52,7 +53,7 @@ def test_edited_input_bytes_get_another_shard_folder(tmp_path):
     (root / "a.wol").write_text("Jamm nga am?\n", encoding="utf-8")
     (root / "a.fr").write_text("Comment vas-tu ?\n", encoding="utf-8")
     bitexts = "data.bitexts=[{lang: wol, pivot: fra, files: [a.wol, a.fr]}]"
-    cfg = load_config(None, [bitexts, f"data.root={root}", f"data.shards={tmp_path / 'shards'}"])
+    cfg = load_config(BARE, [bitexts, f"data.root={root}", f"data.shards={tmp_path / 'shards'}"])
     before = shard_folder(cfg, cfg.data.bitexts[0])
     (root / "a.fr").write_text("Ça va ?\n", encoding="utf-8")
     assert shard_folder(cfg, cfg.data.bitexts[0]) != before
@@ -63,7 +64,7 @@ def test_edited_input_bytes_get_another_shard_folder(tmp_path):
 
 def test_empty_pivot_is_refused_at_load_time():
     with pytest.raises(ConfigError, match=r"data.bitexts\[0\].pivot"):
-        load_config(None, ["data.bitexts=[{lang: wol, pivot: '', files: [a, b]}]"])
+        load_config(BARE, ["data.bitexts=[{lang: wol, pivot: '', files: [a, b]}]"])
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import BARE
 from sentence_transformers import SentenceTransformer
 
 from dist_optical.config import load_config
@@ -121,7 +122,7 @@ def test_export_replaces_an_old_folder_only_when_complete(tokenizer, tmp_path):
 
 def test_prefix_reaches_collator_and_encoder(tokenizer):
     """Training batches (both sides) and eval embeddings see the same prefixed text."""
-    cfg = load_config(None, ["model.prefix='query: '", f"model.tiny={json.dumps(TINY)}"])
+    cfg = load_config(BARE, ["model.prefix='query: '", f"model.tiny={json.dumps(TINY)}"])
     sample = [{"key": "k", "src": SEEN[0], "tgt": SEEN[1], "lang": "swh", "pair": "swh-eng"}]
     batch = PairCollator(tokenizer, tokenizer, 32, cfg.model.prefix)(sample)
     for side, text in (("src", SEEN[0]), ("tgt", SEEN[1])):
