@@ -3,6 +3,7 @@ comes to what the machine can do. Used by bench/train.py (which runs it once per
 a fresh subprocess); runnable alone:
 
     python bench/anatomy.py --config configs/default.yaml --steps 12 [key=value ...]
+    python bench/anatomy.py --quick     # configs/tiny.yaml, 3 steps, shards in a temp folder (seconds)
 
 It sets up the trainer's own `Run` (train/run.py: the same models, stream, collator and objective),
 then takes the steps `train/loop.py:micro_step` takes, timing each phase: the frozen teacher's
@@ -14,7 +15,7 @@ every padded position, over the work actually done: the student's forward and ba
 teacher's forward unless the teacher cache replaced it. The machine's dense fp32 rate is measured in
 the same process: torch.mm at the encoder's own projection shapes (tokens x d times d x f, and
 d x d), at the same thread count.
-Prints one JSON object.
+Prints one JSON object (bench/train.py reads it), and writes it to `--out` when given.
 """
 
 from __future__ import annotations
@@ -22,20 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import REPO, TINY, Stopwatch, environment, finish, write_result
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from dist_optical.artifacts import MARKER  # noqa: E402
-from dist_optical.config import load_config  # noqa: E402
-from dist_optical.engine import dist  # noqa: E402
-from dist_optical.train.run import setup_run  # noqa: E402
+from dist_optical.artifacts import MARKER
+from dist_optical.config import load_config
+from dist_optical.engine import dist
+from dist_optical.train.run import setup_run
 
 PHASES = ("data", "teacher forward", "student forward", "loss", "backward", "optimizer step")
 
@@ -61,45 +59,51 @@ def matmul_rate(tokens: int, width: int, ffn: int, seconds: float = 2.0) -> floa
     return best
 
 
-def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
-    cfg = load_config(config, [*overrides, f"train.max_steps={steps}", "train.eval_every=0"])
+def timed_step(run, batches) -> dict:
+    """One step of `train/loop.py:micro_step`, each phase timed; with every side's token counts."""
+    watch = Stopwatch()
+    batch = next(batches)
+    watch.lap("data")
+    english = run.encode_english(batch)
+    watch.lap("teacher forward")
+    foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
+    pivot = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
+    watch.lap("student forward")
+    loss, _ = run.objective(english, foreign, pivot)
+    watch.lap("loss")
+    run.engine.backward(loss)
+    watch.lap("backward")
+    run.engine.step()
+    watch.lap("optimizer step")
+    masks = {"teacher": batch["tgt_attention_mask"], "student": batch["src_attention_mask"]}
+    if pivot is not None:  # the student's pass over the pivot side (the `english` term)
+        masks["student pivot"] = pivot.input_ids != run.student_tok.pad_token_id
+    tokens = {side: {"real": mask.sum(1), "padded": torch.full((len(mask),), mask.shape[1])}
+              for side, mask in masks.items()}  # fmt: skip
+    return {"times": watch.laps, "tokens": tokens}
+
+
+def run_steps(cfg, steps: int) -> tuple[list[dict], tuple[int, int, int], dict | None]:
+    """The trainer's own `Run` for ``cfg`` (in a temp run folder): ``steps`` timed steps, the
+    encoder's (layers, width, ffn), and the teacher cache's record (size, texts, first build time)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "run").mkdir()
         run = setup_run(cfg, Path(tmp) / "run", "", dist.setup())
-        cache = None  # the cache's record: size, texts, and how long its (first) build took
+        cache = None
         if run.teacher_cache is not None:
             cache = json.loads((run.teacher_cache.folder / MARKER).read_text(encoding="utf-8"))
             cache["bytes"] = sum(f["bytes"] for f in cache["files"].values())
         model_cfg = run.engine.module.config
         shape = (model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size)
-        batches, records = iter(run.loader), []
+        batches = iter(run.loader)
         run.engine.train()
-        for _ in range(steps):
-            times = {}
-            t = time.perf_counter()
-            batch = next(batches)
-            times["data"] = time.perf_counter() - t
-            t = time.perf_counter()
-            english = run.encode_english(batch)
-            times["teacher forward"], t = time.perf_counter() - t, time.perf_counter()
-            foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
-            pivot = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
-            times["student forward"], t = time.perf_counter() - t, time.perf_counter()
-            loss, _ = run.objective(english, foreign, pivot)
-            times["loss"], t = time.perf_counter() - t, time.perf_counter()
-            run.engine.backward(loss)
-            times["backward"], t = time.perf_counter() - t, time.perf_counter()
-            run.engine.step()
-            times["optimizer step"] = time.perf_counter() - t
-            tokens = {}
-            masks = {"teacher": batch["tgt_attention_mask"], "student": batch["src_attention_mask"]}
-            if pivot is not None:  # the student's pass over the pivot side (the `english` term)
-                masks["student pivot"] = pivot.input_ids != run.student_tok.pad_token_id
-            for side, mask in masks.items():
-                tokens[side] = {"real": mask.sum(1), "padded": torch.full((len(mask),), mask.shape[1])}
-            records.append({"times": times, "tokens": tokens})
+        records = [timed_step(run, batches) for _ in range(steps)]
         run.engine.destroy()
-    timed = records[skip:]
+    return records, shape, cache
+
+
+def summarise(cfg, timed: list[dict], shape, cache: dict | None, peak_seconds: float) -> dict:
+    """Step time, phase shares, padding, and real-token FLOP/s against the measured matmul rate."""
     step_s = statistics.median(sum(r["times"].values()) for r in timed)
     # The work done: the student's forward and backward (2x), and the teacher's forward unless the
     # cache replaced it (then the English side costs no FLOPs and its padding costs nothing).
@@ -116,10 +120,9 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
     real_tokens = sum(int(r["tokens"][side]["real"].sum()) for r in timed for side in computed)
     padded_tokens = sum(int(r["tokens"][side]["padded"].sum()) for r in timed for side in computed)
     mean_tokens = padded_tokens // (len(computed) * len(timed))
-    peak = matmul_rate(max(64, mean_tokens), shape[1], shape[2])
+    peak = matmul_rate(max(64, mean_tokens), shape[1], shape[2], peak_seconds)
     total = {phase: sum(r["times"][phase] for r in timed) for phase in PHASES}
     return {
-        "overrides": overrides,
         "threads": torch.get_num_threads(),
         "encoder": dict(zip(("layers", "width", "ffn"), shape, strict=True)),
         "steps_timed": len(timed),
@@ -137,6 +140,12 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int) -> dict:
     }
 
 
+def anatomy(config: Path, overrides: list[str], steps: int, skip: int, peak_seconds: float = 2.0) -> dict:
+    cfg = load_config(config, [*overrides, f"train.max_steps={steps}", "train.eval_every=0"])
+    records, shape, cache = run_steps(cfg, steps)
+    return {"overrides": overrides, **summarise(cfg, records[skip:], shape, cache, peak_seconds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,9 +153,21 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out")
+    parser.add_argument("--quick", action="store_true",
+                        help="configs/tiny.yaml, 3 steps, shards in a temp folder: a smoke run")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    print(json.dumps(anatomy(args.config, args.overrides, args.steps, args.skip)))
+    env = environment()
+    if args.quick:
+        with tempfile.TemporaryDirectory(prefix="bench-quick-") as shards:
+            result = anatomy(TINY, [f"data.shards={shards}", *args.overrides], 3, 1, peak_seconds=0.3)
+    else:
+        result = anatomy(args.config, args.overrides, args.steps, args.skip)
+    result["env"] = finish(env)
+    if args.out:
+        write_result(args.out, result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

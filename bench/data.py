@@ -8,6 +8,7 @@ without grad + student forward + backward (optimizer step left out: a faster tra
 case for the loader). Headroom = (2) per worker / (3); the target is >= 10x.
 
     python bench/data.py [--train-steps 5] [--train-step-s SECONDS] [--out bench/results/data.json]
+    python bench/data.py --quick   # seconds: 500 TSV pairs, 5 batches, a tiny BERT; JSON to a temp folder
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import os
-import platform
 import tempfile
 import time
 from itertools import islice
 from pathlib import Path
 
 import torch
+from common import Stopwatch, bench_encoder, environment, finish, markdown_table, result_path, write_result
 
 from dist_optical.config import DataConfig, data_path, load_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream, build_shards, read_bitext
 from dist_optical.data.collate import tokenize
-from dist_optical.models import load_encoder, load_tokenizer
+from dist_optical.models import load_tokenizer
 
 MODEL = "all-MiniLM-L6-v2"
 BATCH = 16
@@ -39,16 +38,17 @@ def build_rate(inputs: list[Path], out: Path, workers: int, repeats: int = 2, **
     """(pairs/s, pairs) of build_shards, best of ``repeats`` (its summary line is silenced)."""
     best, pairs = float("inf"), 0
     for _ in range(repeats):
-        start = time.perf_counter()
+        watch = Stopwatch()
         with contextlib.redirect_stdout(io.StringIO()):
             manifest = build_shards(inputs, out, "swh", "eng", workers=workers, **kw)
-        best, pairs = min(best, time.perf_counter() - start), manifest["total_pairs"]
+        best, pairs = min(best, watch.lap("build")), manifest["total_pairs"]
     return pairs / best, pairs
 
 
-def write_big_tsv(inputs: list[Path], path: Path, copies: int) -> Path:
-    """The Bible pairs ``copies`` times as one TSV: enough shards for parallel writing to matter."""
-    pairs = list(read_bitext(inputs))
+def write_big_tsv(inputs: list[Path], path: Path, copies: int, limit: int | None = None) -> Path:
+    """The Bible pairs (the first ``limit``) ``copies`` times as one TSV: enough shards for parallel
+    writing to matter."""
+    pairs = list(islice(read_bitext(inputs), limit))
     with path.open("w", encoding="utf-8") as f:
         f.write("key\tsrc\ttgt\n")  # declares the three columns
         for copy in range(copies):
@@ -66,10 +66,11 @@ def time_loader(shards: Path, collate_fn, num_workers: int, batches: int) -> flo
     return batches * BATCH / (time.perf_counter() - start)
 
 
-def time_train_step(pairs: list[tuple[str, str]], steps: int) -> float:
+def time_train_step(pairs: list[tuple[str, str]], steps: int, quick: bool) -> float:
     """Seconds per MiniLM training step at batch 16 (median of ``steps`` after one warm-up)."""
     tokenizer = load_tokenizer(MODEL)
-    teacher, student = load_encoder(MODEL).eval(), load_encoder(MODEL).train()
+    teacher = bench_encoder(MODEL, tokenizer, quick).eval()
+    student = bench_encoder(MODEL, tokenizer, quick).train()
     times = []
     for i in range(steps + 1):
         chunk = pairs[i * BATCH : (i + 1) * BATCH]
@@ -85,11 +86,45 @@ def time_train_step(pairs: list[tuple[str, str]], steps: int) -> float:
     return sorted(times[1:])[steps // 2]
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def shard_builds(inputs: list[Path], tmp: Path, quick: bool) -> tuple[dict[str, float], int, Path]:
+    """pairs/s of building shards from the Bible XML and from the big TSV, with 1 and 2 writers; the
+    Bible's pair count and its shard folder (which the loader then reads)."""
+    repeats = 1 if quick else 2
+    big = write_big_tsv(inputs, tmp / "big.tsv", copies=1 if quick else 10, limit=500 if quick else None)
+    big_1, n_big = build_rate([big], tmp / "big", workers=1, repeats=repeats)
+    big_2, _ = build_rate([big], tmp / "big", workers=2, repeats=repeats)
+    shards, exclude = tmp / "swh-eng", DataConfig().exclude_books
+    build_1, n_pairs = build_rate(inputs, shards, workers=1, repeats=repeats, exclude_books=exclude)
+    build_2, _ = build_rate(inputs, shards, workers=2, repeats=repeats, exclude_books=exclude)
+    rates = {
+        "bible_xml_1_writer": build_1,
+        "bible_xml_2_writers": build_2,
+        f"tsv_{n_big}_pairs_1_writer": big_1,
+        f"tsv_{n_big}_pairs_2_writers": big_2,
+    }
+    return rates, n_pairs, shards
+
+
+def loader_rates(shards: Path, batches: int) -> dict[str, float]:
+    """pairs/s one loader reads, reads + tokenizes (in the main process), and with 2 workers."""
+    tokenizer = load_tokenizer(MODEL)
+    collator = PairCollator(tokenizer, tokenizer, MAX_LENGTH)
+    return {
+        "read_only_1_worker": time_loader(shards, None, 0, batches),
+        "read_tokenize_1_worker": time_loader(shards, collator, 0, batches),
+        "read_tokenize_2_workers": time_loader(shards, collator, 2, batches),
+    }
+
+
+def table(results: dict) -> str:
+    rates = {**results["shard_build_pairs_per_s"], **results["loader_pairs_per_s"]}
+    rows = [(name.replace("_", " ") + " (pairs/s)", rate) for name, rate in rates.items()]
+    rows += [
+        (f"trainer step, batch {BATCH} (s)", results["train_step_s"]),
+        ("trainer consumes (pairs/s)", results["trainer_pairs_per_s"]),
+        ("headroom per worker (x)", results["headroom_per_worker"]),
+    ]
+    return markdown_table(["what", "value"], [(name, f"{value:,.2f}") for name, value in rows], "lr")
 
 
 def main() -> None:
@@ -99,69 +134,38 @@ def main() -> None:
         "--train-step-s", type=float, default=0.0, help="use this step time instead of measuring"
     )
     parser.add_argument("--batches", type=int, default=200, help="batches timed per loader measurement")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "data.json")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and model, a temp JSON: a smoke run")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/data.json)")
     args = parser.parse_args()
-    cfg = load_config()
-    load_before = os.getloadavg()[0]  # other jobs on a shared machine skew every figure: record it
-    inputs = [data_path(cfg, p) for p in cfg.data.bitexts[0].files]
+    if args.quick:
+        args.batches, args.train_steps = 5, 1
+    out = result_path(args.out, "data.json", args.quick)
+    env = environment()
+    inputs = [data_path(load_config(), p) for p in load_config().data.bitexts[0].files]
 
     with tempfile.TemporaryDirectory() as tmp:
-        big = write_big_tsv(inputs, Path(tmp) / "big.tsv", copies=10)
-        big_1, n_big = build_rate([big], Path(tmp) / "big", workers=1)
-        big_2, _ = build_rate([big], Path(tmp) / "big", workers=2)
-        shards = Path(tmp) / "swh-eng"
-        exclude = DataConfig().exclude_books
-        build_1, n_pairs = build_rate(inputs, shards, workers=1, exclude_books=exclude)
-        build_2, _ = build_rate(inputs, shards, workers=2, exclude_books=exclude)
-        tokenizer = load_tokenizer(MODEL)
-        collator = PairCollator(tokenizer, tokenizer, MAX_LENGTH)
-        read_only = time_loader(shards, None, 0, args.batches)
-        per_worker = time_loader(shards, collator, 0, args.batches)
-        two_workers = time_loader(shards, collator, 2, args.batches)
+        builds, n_pairs, shards = shard_builds(inputs, Path(tmp), args.quick)
+        loader = loader_rates(shards, args.batches)
         pairs = [(b["src"][0], b["tgt"][0]) for b in islice(ShardLoader(ShardStream(shards), 1), 100)]
-    step_s = args.train_step_s or time_train_step(pairs, args.train_steps)
+    step_s = args.train_step_s or time_train_step(pairs, args.train_steps, args.quick)
     trainer = BATCH / step_s
-
     results = {
         "data": "Swahili-NT.xml + English-KJV-NT.xml (REV held out)",
         "pairs": n_pairs,
-        "shard_build_pairs_per_s": {
-            "bible_xml_1_writer": build_1,
-            "bible_xml_2_writers": build_2,
-            f"tsv_{n_big}_pairs_1_writer": big_1,
-            f"tsv_{n_big}_pairs_2_writers": big_2,
-        },
-        "loader_pairs_per_s": {
-            "read_only_1_worker": read_only,
-            "read_tokenize_1_worker": per_worker,
-            "read_tokenize_2_workers": two_workers,
-        },
+        "shard_build_pairs_per_s": builds,
+        "loader_pairs_per_s": loader,
         "train_step_s": step_s,
         "train_step_measured": not args.train_step_s,
         "trainer_pairs_per_s": trainer,
-        "headroom_per_worker": per_worker / trainer,
+        "headroom_per_worker": loader["read_tokenize_1_worker"] / trainer,
         "batch_size": BATCH,
         "max_length": MAX_LENGTH,
-        "model": MODEL,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "model": MODEL + (" (configs/tiny.yaml's random tiny BERT: --quick)" if args.quick else ""),
+        "quick": args.quick,
+        "env": finish(env),
     }
-    rows = [
-        ("shard build, Bible XML, 1 writer (pairs/s)", build_1),
-        ("shard build, Bible XML, 2 writers (pairs/s)", build_2),
-        (f"shard build, {n_big} TSV, 1 writer (pairs/s)", big_1),
-        (f"shard build, {n_big} TSV, 2 writers (pairs/s)", big_2),
-        ("read only, 1 worker (pairs/s)", read_only),
-        ("read + tokenize, 1 worker (pairs/s)", per_worker),
-        ("read + tokenize, 2 workers (pairs/s)", two_workers),
-        (f"trainer step, batch {BATCH} (s)", step_s),
-        ("trainer consumes (pairs/s)", trainer),
-        ("headroom per worker (x)", per_worker / trainer),
-    ]
-    for name, value in rows:
-        print(f"{name:<46} {value:>12,.2f}")
-    write_json_atomic(args.out, results)
-    print(f"wrote {args.out}")
+    print(table(results))
+    write_result(out, results)
 
 
 if __name__ == "__main__":
