@@ -3,9 +3,9 @@
 # `timeout`, its limit cut to what is left of the total; a step with too little time left is
 # skipped and says so):
 #
-#   1. bench/sinkhorn.py on CUDA, fp32 and bf16: ours, POT's batch solver and POT's loop on the
-#      device, each solve's time against the card's measured copy bandwidth (bytes model in
-#      bench/sinkhorn.py's docstring), and the MiniLM training step -> bench/results/sinkhorn-cuda.json
+#   1. bench/sinkhorn_device.py on CUDA, fp32 and bf16: ours, POT's batch solver and POT's loop on
+#      the device, each solve's time against the card's measured copy bandwidth (bytes model in
+#      its docstring), and the MiniLM training step -> bench/results/sinkhorn-cuda.json
 #   2. a short bf16 training of configs/default.yaml under the deepspeed launcher (NCCL), at ZeRO-2
 #      and at ZeRO-3: samples/s from RUN/metrics.jsonl (median after the warm-up steps), peak GPU
 #      memory (nvidia-smi sampled every 0.5 s)
@@ -173,7 +173,7 @@ needed += [f for s in cfg.eval.sets for f in (s.queries, s.targets) if f]
 missing = [str(data_path(cfg, f)) for f in needed if not data_path(cfg, f).is_file()]
 if missing:
     sys.exit(f"configs/default.yaml needs files that are missing: {missing}")
-names = {"all-MiniLM-L6-v2", cfg.model.teacher, cfg.model.student or cfg.model.teacher}  # MiniLM: sinkhorn.py
+names = {"all-MiniLM-L6-v2", cfg.model.teacher, cfg.model.student or cfg.model.teacher}  # MiniLM: sinkhorn_device.py
 models = {name: str(resolve_model_path(name)) for name in sorted(names)}
 gpu = {} if dry else {
     "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
@@ -203,7 +203,7 @@ export GIT_COMMIT
 
 # ------------------------------------------------------------------------------- 1. Sinkhorn (CUDA)
 mkdir -p "$RESULTS"
-run_step sinkhorn 110 "$LOGS/sinkhorn.log" "$PY" bench/sinkhorn.py "${SINKHORN_ARGS[@]}" \
+run_step sinkhorn 110 "$LOGS/sinkhorn.log" "$PY" bench/sinkhorn_device.py "${SINKHORN_ARGS[@]}" \
     --bible "$DATA_ROOT/bible" --out "$RESULTS/sinkhorn-cuda.json"
 
 # ------------------------------------------------------------- 2. bf16 training, ZeRO-2 and ZeRO-3
