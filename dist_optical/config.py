@@ -34,6 +34,8 @@ class ConfigError(UserError):
 
 
 # The enumerated choices: a value outside its Literal is refused at load time.
+# The loss terms' names, for the load-time check; what each one is, needs and costs is
+# objectives/registry.py's TERMS (this layer may not import it: it refuses to import unless equal).
 LossTerm = Literal["ot", "ot_nce", "contrastive", "mse", "english"]
 OTCost = Literal["cosine", "sqeuclidean"]
 OTMarginals = Literal["uniform", "idf"]
@@ -279,7 +281,7 @@ class EvalConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = setting(factory=ModelConfig, resume=True)
-    # Objective = weighted sum of named terms (LossTerm); weight-0 terms are skipped.
+    # Objective = weighted sum of named terms (objectives/registry.py); weight-0 terms are skipped.
     # The default: InfoNCE (learns the language) + 100 x pooled MSE to the teacher on the pivot side
     # (keeps the foreign sentences where the teacher's index expects them) + 100 x MSE of the
     # student's own pivot embeddings to the teacher's (keeps its English and French).

@@ -228,6 +228,20 @@ def test_objective_english_term_is_mse_of_the_pooled_english_and_reports_drift()
     assert not Objective({"ot": 1.0}, OTConfig(), ContrastiveConfig()).needs_student_english
 
 
+def test_the_registry_is_the_one_list_of_terms():
+    """Config's load-time names, the objective's dispatch and the run's decisions all read TERMS."""
+    from dist_optical.config import LOSS_TERMS
+    from dist_optical.objectives import TERMS, needs
+
+    assert tuple(TERMS) == LOSS_TERMS
+    assert all(term.about and term.needs for term in TERMS.values())
+    assert needs({"contrastive": 1.0, "english": 100.0}, "student_pivot")
+    assert not needs({"ot": 1.0, "english": 0.0}, "student_pivot")
+    assert needs({"ot_nce": 1.0}, "ot_plan") and not needs({"ot": 0.0, "mse": 1.0}, "ot_plan")
+    with pytest.raises(ValueError, match="loss.kl: no such term"):
+        Objective({"kl": 1.0}, OTConfig(), ContrastiveConfig())
+
+
 def test_ot_loss_unbalanced_and_eps_schedule_reach_the_solver():
     # A teacher token (e3) with no counterpart: balanced OT must ship its mass at cost 1;
     # unbalanced OT (rho) drops most of it, so the loss falls.

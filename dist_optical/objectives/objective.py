@@ -1,4 +1,4 @@
-"""The objective: a weighted sum of named terms (objectives/terms.py), the one thing the loop calls.
+"""The objective: a weighted sum of named terms (objectives/registry.py), the one thing the loop calls.
 
 Pure torch, like the terms: a cross-rank all-gather arrives as a callable.
 """
@@ -13,30 +13,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dist_optical.config import ContrastiveConfig, OTConfig
-from dist_optical.objectives.terms import (
-    Gather,
-    contrastive_loss,
-    mean_pairwise_cosine,
-    mse_loss,
-    ot_loss,
-    ot_nce_loss,
-    pad_tokens,
-)
+from dist_optical.objectives.registry import TERMS, needs
+from dist_optical.objectives.terms import Gather, mean_pairwise_cosine
 
 if TYPE_CHECKING:  # models imports transformers (seconds); the objective only needs the type
     from dist_optical.models import Encoded
 
 
 class Objective:
-    """Weighted sum of named terms (``ot``, ``ot_nce``, ``contrastive``, ``mse``, ``english``);
-    weight-0 terms are skipped. The weights are a validated `loss` section (config.py checks names
-    and ranges at load time).
+    """Weighted sum of the named terms of `registry.TERMS`; weight-0 terms are skipped. The weights
+    are a validated `loss` section (config.py checks names and ranges at load time).
 
-    ``gather``/``rank`` go to `contrastive_loss` and `ot_nce_loss` (which pads its token tensors to
-    ``pad_to`` first, so that every rank gathers one shape); the idf tables to the OT terms.
-    ``english`` is the MSE between the student's and the teacher's pooled embeddings of the English
-    side (Reimers & Gurevych): it keeps the student's English where the teacher's English index
-    expects it.
+    ``gather``/``rank`` reach the terms that need ``negatives`` (token terms pad to ``pad_to`` first,
+    so that every rank gathers one shape); the idf tables reach the ``ot_plan`` terms.
     """
 
     def __init__(
@@ -50,9 +39,15 @@ class Objective:
         student_idf: Tensor | None = None,
         pad_to: int | None = None,
     ) -> None:
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise ValueError(f"loss.{unknown[0]}: no such term (known: {', '.join(TERMS)})")
         self.weights = {name: float(weight) for name, weight in weights.items() if weight > 0}
-        if "ot_nce" in self.weights and gather is not None and pad_to is None:
-            raise ValueError("loss.ot_nce across ranks needs pad_to (the token length every rank pads to)")
+        gathered_tokens = [n for n in self.weights if {"tokens", "negatives"} <= TERMS[n].needs]
+        if gathered_tokens and gather is not None and pad_to is None:
+            raise ValueError(
+                f"loss.{gathered_tokens[0]} across ranks needs pad_to (the token length every rank pads to)"
+            )
         self.pad_to = pad_to
         self.ot_cfg = ot_cfg
         self.contrastive_cfg = contrastive_cfg
@@ -63,8 +58,9 @@ class Objective:
 
     @property
     def needs_student_english(self) -> bool:
-        """Whether `__call__` needs ``student_english``: the student's encoding of the English side."""
-        return "english" in self.weights
+        """Whether `__call__` needs ``student_english``: the student's encoding of the pivot side
+        (English or French), for the terms that need ``student_pivot``."""
+        return needs(self.weights, "student_pivot")
 
     def __call__(
         self, teacher: Encoded, student: Encoded, student_english: Encoded | None = None
@@ -74,35 +70,13 @@ class Objective:
         English embeddings: the student's drift on English)."""
         terms: dict[str, Tensor] = {}
         stats: dict[str, float] = {}
-        if "ot" in self.weights:
-            terms["ot"], ot_stats = ot_loss(teacher, student, self.ot_cfg, self.teacher_idf, self.student_idf)
-            stats.update(ot_stats)
-        if "ot_nce" in self.weights:
-            english, foreign = teacher, student
-            if self.gather is not None:
-                english, foreign = pad_tokens(teacher, self.pad_to), pad_tokens(student, self.pad_to)
-            terms["ot_nce"], nce_stats = ot_nce_loss(
-                english,
-                foreign,
-                self.ot_cfg,
-                self.contrastive_cfg.symmetric,
-                self.gather,
-                self.rank,
-                self.teacher_idf,
-                self.student_idf,
-            )
-            stats.update(nce_stats)
-        if "contrastive" in self.weights:
-            cfg = self.contrastive_cfg
-            terms["contrastive"] = contrastive_loss(
-                student.pooled, teacher.pooled, cfg.temperature, cfg.symmetric, self.gather, self.rank
-            )
-        if "mse" in self.weights:
-            terms["mse"] = mse_loss(student.pooled, teacher.pooled)
-        if "english" in self.weights:
-            if student_english is None:
-                raise ValueError("loss.english > 0 needs the student's encoding of the English side")
-            terms["english"] = mse_loss(student_english.pooled, teacher.pooled)
+        for name, term in TERMS.items():  # the table's order: the sum adds in a fixed order
+            if name not in self.weights:
+                continue
+            if "student_pivot" in term.needs and student_english is None:
+                raise ValueError(f"loss.{name} > 0 needs the student's encoding of the pivot side")
+            terms[name], term_stats = term.compute(self, teacher, student, student_english)
+            stats.update(term_stats)
         total = sum(self.weights[name] * term for name, term in terms.items())
 
         logged = {f"loss/{name}": term.detach().float() for name, term in terms.items()}

@@ -37,7 +37,7 @@ from dist_optical.models import (
 )
 from dist_optical.models.encoder import Encoder
 from dist_optical.models.vocab import VOCAB_FILE, VocabError, run_kept_ids, save_kept_ids, used_ids
-from dist_optical.objectives import Objective, idf_table
+from dist_optical.objectives import Objective, idf_table, needs
 from dist_optical.train.devcurve import DevCurve
 from dist_optical.train.metrics import MetricsLogger
 from dist_optical.train.teacher_cache import TeacherCache, open_cache
@@ -205,7 +205,7 @@ def build_objective(
     """The loss terms, with a cross-rank all-gather for the in-batch negatives and, for the OT terms
     with idf marginals, idf tables over the training pairs."""
     teacher_idf = student_idf = None
-    if max(cfg.loss.get("ot", 0.0), cfg.loss.get("ot_nce", 0.0)) > 0 and cfg.ot.marginals == "idf":
+    if needs(cfg.loss, "ot_plan") and cfg.ot.marginals == "idf":
         teacher_idf, student_idf = idf_tables(
             manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length, cfg.data.on_error
         )
