@@ -42,7 +42,10 @@ class Resources:
 
 
 @dataclass(frozen=True)
-class Run:
+class PlannedRun:
+    """One run of a submission (a sweep has several): its validated config and its run folder. Not
+    what the job runs: that is `job.TrainJob`, built from these (train/run.py's `Run` is the trainer's)."""
+
     cfg: Config
     out: Path
 
@@ -160,16 +163,17 @@ def job_resources(args: argparse.Namespace, **layout: int) -> Resources:
     )
 
 
-def plan_runs(config: Path, overrides: list[str], out: Path, sweep: list[str]) -> list[Run]:
+def plan_runs(config: Path, overrides: list[str], out: Path, sweep: list[str]) -> list[PlannedRun]:
     """Load (and so validate) every run's config before anything is submitted."""
     if not sweep:
-        return [Run(load_config(config, overrides), out)]
+        return [PlannedRun(load_config(config, overrides), out)]
     return [
-        Run(load_config(config, [*overrides, *point]), out / run_name(point)) for point in sweep_points(sweep)
+        PlannedRun(load_config(config, [*overrides, *point]), out / run_name(point))
+        for point in sweep_points(sweep)
     ]
 
 
-def check_resume(resume: str, run: Run) -> None:
+def check_resume(resume: str, run: PlannedRun) -> None:
     """Fail now, not after the queue wait: a missing checkpoint, or one from a different setup."""
     # Imported here (and TrainJob in submit()): they pull in torch, and every CLI call imports this module.
     from dist_optical.engine.checkpoint import check_compatible, resolve_resume
