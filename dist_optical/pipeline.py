@@ -41,11 +41,11 @@ def _run_pipeline(cfg: Config, out: Path, resume: str) -> dict[str, Results]:
 
     if not cfg.eval.sets:
         raise ConfigError("eval.sets is empty: the main job needs at least one evaluation set")
-    teacher = Encoder.for_eval(cfg.model.teacher, cfg, tiny=True)
+    teacher = Encoder.for_eval(cfg.model.teacher, cfg)
     evaluator = Evaluator(cfg, teacher)
     rows: dict[str, Results] = {"zero-shot teacher": evaluator(teacher)}
     if cfg.model.student and cfg.model.student != cfg.model.teacher:
-        rows["untrained student"] = evaluator(Encoder.for_eval(cfg.model.student, cfg, tiny=True))
+        rows["untrained student"] = evaluator(Encoder.for_eval(cfg.model.student, cfg))
     else:
         log.info("the untrained student is the teacher (initialised from its weights): same row as zero-shot")
 

@@ -50,13 +50,16 @@ class Encoder:
         return cls(name_or_path, model, tokenizer, max_length, pooling, prefix)
 
     @classmethod
-    def for_eval(cls, name_or_path: str, cfg: Config, tiny: bool = False) -> Encoder:
-        """Encode as the run evaluates (eval.max_length, model.pooling and prefix); ``tiny``: rebuild
-        model.tiny's seeded random weights (a test config's teacher; an exported student loads its
-        own weights)."""
+    def for_eval(cls, name_or_path: str, cfg: Config, tiny: object = None) -> Encoder:
+        """Encode as the run evaluates (eval.max_length, model.pooling and prefix). The config's own
+        teacher or student (``model.teacher``/``model.student``) is built as training built it: with
+        ``model.tiny`` set, its seeded random tiny weights; any other model (an exported student)
+        loads its own weights. ``tiny`` is ignored (the config decides): it goes once
+        compare/runner.py stops passing it."""
         model = cfg.model
+        configured = name_or_path in (model.teacher, model.student)
         return cls.load(
-            name_or_path, cfg.eval.max_length, model.pooling, model.tiny if tiny else None, model.prefix
+            name_or_path, cfg.eval.max_length, model.pooling, model.tiny if configured else None, model.prefix
         )
 
     @torch.no_grad()  # not inference_mode: a ZeRO-3 student gathers its parameters in hooks

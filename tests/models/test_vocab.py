@@ -128,7 +128,8 @@ def test_prefix_reaches_collator_and_encoder(tokenizer):
     for side, text in (("src", SEEN[0]), ("tgt", SEEN[1])):
         expected = tokenizer("query: " + text, truncation=True, max_length=32)["input_ids"]
         assert batch[f"{side}_input_ids"][0].tolist() == expected
-    encoder = Encoder.for_eval(cfg.model.teacher, cfg, tiny=True)
+    encoder = Encoder.for_eval(cfg.model.teacher, cfg)
+    assert encoder.model.config.hidden_size == TINY["hidden_size"]  # the config's teacher: built tiny
     manual = Encoder("x", encoder.model, tokenizer, max_length=32).embed(["query: " + t for t in SEEN])
     torch.testing.assert_close(encoder.embed(SEEN), manual)
     assert not torch.allclose(Encoder("x", encoder.model, tokenizer, max_length=32).embed(SEEN), manual)
