@@ -2,7 +2,7 @@
 objective (MSE distillation, Reimers & Gurevych 2020), trained side by side in one run.
 
     python bench/st_trainer.py                 # 5 warm-up + 40 measured steps per side (~7 min, 2 cores)
-    python bench/st_trainer.py --steps 10 --warmup 2   # a smoke run
+    python bench/st_trainer.py --quick   # both sides on configs/tiny.yaml's tiny BERT, 4 steps (~1 min)
 
 The frozen teacher (multilingual-e5-small, mean pooling, max_length 64, no prefix) embeds the
 English side of Swahili-English New Testament verse pairs (REV held out); the student, initialised
@@ -35,57 +35,76 @@ optimizer + scheduler step, zero_grad and the Trainer's per-step logging; the te
 with it; "including teacher embeddings" adds ST's measured teacher-embedding time per sample to its
 steps, which is the like-for-like figure. The first `--warmup` steps of each side are left out.
 
-Writes bench/results/st_trainer.json and prints a Markdown table.
+Both sides run fp32 at max_length 64 whatever the config's default (`train.precision=fp32`,
+`model.max_length=64` for dist-optical). Writes bench/results/st_trainer.json (--quick: a temp
+folder; or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (
+    REPO,
+    TINY,
+    Stopwatch,
+    bench_encoder,
+    child_env,
+    environment,
+    finish,
+    load1,
+    markdown_table,
+    result_path,
+    write_result,
+)
+
+from dist_optical.config import load_config, repo_path
+from dist_optical.files import write_json
+
 CONFIG = REPO / "configs" / "default.yaml"
 LANG = "swh"
 FILES = ["bible/Swahili-NT.xml", "bible/English-KJV-NT.xml"]
 TEACHER = "multilingual-e5-small"
 MAX_LENGTH = 64
+FULL_VOCAB = "full (250,037 rows)"
+TABLE_COLUMNS = ["side", "vocabulary", "optimizer", "teacher", "samples/s (median)", "samples/s (mean)",
+                 "s/step (median)", "load1 before → after", "dist-optical trimmed / this",
+                 "dist-optical full / this"]  # fmt: skip
 
 
-def child_env(threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
-    )
-    return env
+@dataclass(frozen=True)
+class Bench:
+    """What every side runs with: the config its settings come from, the steps, the threads, and
+    the model both sides start from (the e5 folder; with --quick the tiny config's random BERT)."""
+
+    config: Path
+    warmup: int
+    steps: int
+    threads: int
+    quick: bool
+    tmp: Path
+    settings: dict
+    model_path: str
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.steps
 
 
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def train_settings() -> dict:
+def train_settings(config: Path) -> dict:
     """lr, warm-up, clipping, weight decay, batch, seed as dist-optical resolves them from the config."""
-    sys.path.insert(0, str(REPO))
-    from dist_optical.config import load_config
-
-    cfg = load_config(CONFIG, [])
+    cfg = load_config(config, [])
     t = cfg.train
     return {
         "micro_batch_size": t.micro_batch_size,
@@ -96,9 +115,7 @@ def train_settings() -> dict:
         "seed": t.seed,
         "zero_config": t.deepspeed,
         "exclude_books": list(cfg.data.exclude_books),
-        "data_root": str((REPO / cfg.data.root).resolve())
-        if not Path(cfg.data.root).is_absolute()
-        else cfg.data.root,
+        "data_root": str(repo_path(cfg.data.root)),
         "num_workers": cfg.data.num_workers,
         "pooling": cfg.model.pooling,
         "max_length": cfg.model.max_length,
@@ -119,57 +136,43 @@ def first_pairs(settings: dict, count: int) -> list[tuple[str, str]]:
     raise SystemExit(f"only {len(pairs)} pairs in {FILES}, {count} needed")
 
 
+def tiny_model_folder(config: Path, folder: Path) -> str:
+    """--quick: the tiny config's seeded random BERT and its tokenizer as a Hugging Face folder, the
+    same weights dist-optical's side builds from `model.tiny`, for the ST side to load."""
+    from dist_optical.models import load_tokenizer
+
+    name = load_config(config).model.teacher
+    tokenizer = load_tokenizer(name)
+    bench_encoder(name, tokenizer, quick=True).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 # ---------------------------------------------------------------------------------------- dist-optical
 
 
-def dist_optical_overrides(total_steps: int, trim: bool) -> list[str]:
-    return [
+def dist_optical_overrides(bench: Bench, trim: bool) -> list[str]:
+    overrides = [
         "loss={mse: 1.0}",
-        f"train.max_steps={total_steps}",
+        f"train.max_steps={bench.total}",
         "train.eval_every=0",
         "train.save_every=0",
+        # as the ST side: fp32 and MAX_LENGTH tokens, whatever the config's default
+        "train.precision=fp32",
+        f"model.max_length={MAX_LENGTH}",
         f"data.bitexts=[{{lang: {LANG}, files: [{', '.join(FILES)}]}}]",
         f"model.trim_vocab={'true' if trim else 'false'}",
     ]
+    if bench.quick:  # its shards and teacher cache in the temp folder, never in shards/
+        overrides.append(f"data.shards={bench.tmp / 'shards'}")
+    return overrides
 
 
-def run_dist_optical(total_steps: int, warmup: int, trim: bool, threads: int, tmp: Path) -> dict:
-    out = tmp / f"dist-optical-{'trimmed' if trim else 'full'}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dist_optical",
-        "train",
-        "--config",
-        str(CONFIG.relative_to(REPO)),
-        "--out",
-        str(out),
-        *dist_optical_overrides(total_steps, trim),
-    ]
-    load_before, t0 = load1(), time.perf_counter()
-    proc = subprocess.run(cmd, env=child_env(threads), cwd=REPO, capture_output=True, text=True)
-    wall, load_after = time.perf_counter() - t0, load1()
-    if proc.returncode != 0:
-        raise RuntimeError(f"dist-optical ({'trimmed' if trim else 'full'}) failed:\n{proc.stderr[-4000:]}")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if len(metrics) != total_steps:
-        raise RuntimeError(
-            f"dist-optical wrote {len(metrics)} steps to metrics.jsonl, expected {total_steps}"
-        )
+def side_figures(metrics: list[dict], warmup: int, batch: int) -> dict:
+    """Throughput over the steps after ``warmup`` and the MSE's course, from RUN/metrics.jsonl."""
     timed = metrics[warmup:]
     seconds = [1.0 / m["samples_per_s"] for m in timed]  # seconds per sample, each step
-    batch = 16  # checked below against the config
-    kept = None
-    vocab_file = out / "vocab.json"
-    if vocab_file.is_file():
-        with contextlib.suppress(Exception):
-            kept = int(json.loads(vocab_file.read_text())["rows"])
     return {
-        "side": f"dist-optical, {'trimmed' if trim else 'full'} vocabulary",
-        "command": shlex.join(["dist-optical", *cmd[3:7], "DIR", *cmd[8:]]),
-        "trim_vocab": trim,
-        "kept_vocab_rows": kept,
-        "steps_total": total_steps,
         "steps_measured": len(timed),
         "samples_per_s_median": statistics.median(m["samples_per_s"] for m in timed),
         # all measured samples / all measured seconds (each step's seconds per sample, summed)
@@ -178,6 +181,38 @@ def run_dist_optical(total_steps: int, warmup: int, trim: bool, threads: int, tm
         "loss_first": metrics[0]["loss"],
         "loss_last5": statistics.mean(m["loss"] for m in metrics[-5:]),
         "peak_rss_mib": metrics[-1].get("mem/peak_rss_mib"),
+    }
+
+
+def kept_vocab_rows(out: Path) -> int | None:
+    with contextlib.suppress(Exception):
+        return int(json.loads((out / "vocab.json").read_text())["rows"])
+    return None
+
+
+def run_dist_optical(bench: Bench, trim: bool) -> dict:
+    """A real `python -m dist_optical train` run of the MSE objective, Swahili only."""
+    vocab = "trimmed" if trim else "full"
+    out = bench.tmp / f"dist-optical-{vocab}"
+    cmd = [sys.executable, "-m", "dist_optical", "train", "--config", os.path.relpath(bench.config, REPO),
+           "--out", str(out), *dist_optical_overrides(bench, trim)]  # fmt: skip
+    load_before, watch = load1(), Stopwatch()
+    proc = subprocess.run(cmd, env=child_env(bench.threads), cwd=REPO, capture_output=True, text=True)
+    wall, load_after = watch.lap("run"), load1()
+    if proc.returncode != 0:
+        raise RuntimeError(f"dist-optical ({vocab}) failed:\n{proc.stderr[-4000:]}")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if len(metrics) != bench.total:
+        raise RuntimeError(
+            f"dist-optical wrote {len(metrics)} steps to metrics.jsonl, expected {bench.total}"
+        )
+    return {
+        "side": f"dist-optical, {vocab} vocabulary",
+        "command": shlex.join(["dist-optical", *cmd[3:7], "DIR", *cmd[8:]]),
+        "trim_vocab": trim,
+        "kept_vocab_rows": kept_vocab_rows(out),
+        "steps_total": bench.total,
+        **side_figures(metrics, bench.warmup, bench.settings["micro_batch_size"]),
         "wall_s": wall,
         "load1_before": load_before,
         "load1_after": load_after,
@@ -187,69 +222,62 @@ def run_dist_optical(total_steps: int, warmup: int, trim: bool, threads: int, tm
 
 
 # ----------------------------------------------------------------------------- sentence-transformers
+# The ST side runs in its own process (`--st-worker`): st_worker -> st_model, teacher_labels,
+# teacher_agreement, train_st -> st_figures.
 
 
-def st_worker(args: argparse.Namespace) -> None:
-    """The sentence-transformers side, in its own process; writes its result JSON to ``args.result``."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import numpy as np
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-        losses,
-    )
+def st_model(path: str, frozen: bool = False):
+    """``Transformer(path) + Pooling("mean")``, as a user of sentence-transformers builds e5 (no
+    pooler: e5 ships none and the output is mean pooling; dist-optical loads the same way)."""
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import TrainerCallback
 
-    from dist_optical.models import resolve_model_path
+    word = Transformer(path, max_seq_length=MAX_LENGTH, model_kwargs={"add_pooling_layer": False})
+    model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")], device="cpu")
+    if frozen:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
 
-    job = json.loads(Path(args.job).read_text())
-    s, path = job["settings"], str(resolve_model_path(TEACHER))
-    total = job["total_steps"]
 
-    def build() -> SentenceTransformer:
-        # No pooler: e5 ships none and the output is mean pooling (dist-optical loads the same way).
-        word = Transformer(path, max_seq_length=MAX_LENGTH, model_kwargs={"add_pooling_layer": False})
-        return SentenceTransformer(
-            modules=[word, Pooling(word.get_embedding_dimension(), "mean")], device="cpu"
-        )
+def teacher_labels(teacher, job: dict) -> dict:
+    """The teacher's embeddings of the English side in a `label` column, as the MSELoss docs show
+    (`Dataset.map` with `teacher.encode`); timed, since dist-optical's steps include its teacher."""
+    from datasets import Dataset
 
-    teacher = build()
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = build()
-
-    # --- teacher embeddings, as the MSELoss docs show (timed separately) ---
-    foreign, english = [p[0] for p in job["pairs"]], [p[1] for p in job["pairs"]]
-    load_teacher_before = load1()
-    t0 = time.perf_counter()
-    dataset = Dataset.from_dict({"english": english, "text": foreign})
+    english = [p[1] for p in job["pairs"]]
+    load_before, watch = load1(), Stopwatch()
+    dataset = Dataset.from_dict({"english": english, "text": [p[0] for p in job["pairs"]]})
 
     def compute_labels(batch):
-        return {
-            "label": teacher.encode(
-                batch["english"], batch_size=s["micro_batch_size"], show_progress_bar=False
-            )
-        }
+        size = job["settings"]["micro_batch_size"]
+        return {"label": teacher.encode(batch["english"], batch_size=size, show_progress_bar=False)}
 
     dataset = dataset.map(compute_labels, batched=True).remove_columns("english")  # columns: text, label
-    teacher_s = time.perf_counter() - t0
+    return {"dataset": dataset, "seconds": watch.lap("labels"), "load1_before": load_before}
 
-    # Agreement check (not timed): ST's teacher embedding = dist-optical's encode of the same text.
+
+def teacher_agreement(teacher, dataset, job: dict) -> float:
+    """max |Δ| between ST's teacher embedding and dist-optical's `encode` of the same 16 texts (untimed)."""
+    import numpy as np
+    import torch
+
     from dist_optical.data.collate import tokenize
     from dist_optical.models import encode, load_tokenizer, special_ids
 
-    tok = load_tokenizer(TEACHER)
-    ids = tokenize(tok, english[:16], MAX_LENGTH, s["prefix"])
+    tok = load_tokenizer(job["model_path"])
+    english = [p[1] for p in job["pairs"][:16]]
+    ids = tokenize(tok, english, MAX_LENGTH, job["settings"]["prefix"])
     with torch.no_grad():
         ours = encode(teacher[0].auto_model, ids["input_ids"], ids["attention_mask"], special_ids(tok)).pooled
     theirs = torch.tensor(np.asarray(dataset[:16]["label"]), dtype=torch.float32)
-    teacher_max_abs_diff = float((ours - theirs).abs().max())
+    return float((ours - theirs).abs().max())
+
+
+def step_timer():
+    """A Trainer callback that records when each step begins and ends, and each logged loss."""
+    from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -270,18 +298,25 @@ def st_worker(args: argparse.Namespace) -> None:
             if logs and "loss" in logs:
                 self.losses.append(logs["loss"])
 
-    timer = StepTimer()
+    return StepTimer()
+
+
+def train_st(student, dataset, job: dict, optim: str) -> dict:
+    """`SentenceTransformerTrainer` + `losses.MSELoss` with dist-optical's settings, every step timed."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+
+    s, timer = job["settings"], step_timer()
     with tempfile.TemporaryDirectory() as out:
         training_args = SentenceTransformerTrainingArguments(
             output_dir=out,
-            max_steps=total,
+            max_steps=job["total_steps"],
             per_device_train_batch_size=s["micro_batch_size"],
             learning_rate=s["lr"],
             warmup_steps=s["warmup_steps"],
             lr_scheduler_type="linear",  # DeepSpeed's WarmupDecayLR: linear warm-up, linear decay to 0
             weight_decay=s["weight_decay"],
             max_grad_norm=s["grad_clip"],
-            optim=args.st_optim,
+            optim=optim,
             seed=s["seed"],
             use_cpu=True,
             bf16=False,
@@ -294,86 +329,79 @@ def st_worker(args: argparse.Namespace) -> None:
             report_to="none",
             disable_tqdm=True,
         )
-        trainer = SentenceTransformerTrainer(
-            model=student,
-            args=training_args,
-            train_dataset=dataset,
-            loss=losses.MSELoss(student),
-            callbacks=[timer],
-        )
-        load_before = load1()
-        t0 = time.perf_counter()
+        trainer = SentenceTransformerTrainer(model=student, args=training_args, train_dataset=dataset,
+                                             loss=losses.MSELoss(student), callbacks=[timer])  # fmt: skip
+        load_before, watch = load1(), Stopwatch()
         trainer.train()
-        train_wall = time.perf_counter() - t0
-        load_after = load1()
-
+        wall = watch.lap("train")
     steps = [b - a for a, b in zip(timer.ends[:-1], timer.ends[1:], strict=True)]
-    if len(steps) != total:
-        raise RuntimeError(f"sentence-transformers ran {len(steps)} steps, expected {total}")
-    timed, computes = steps[job["warmup"] :], timer.computes[job["warmup"] :]
-    batch = s["micro_batch_size"]
-    n = len(job["pairs"])
-    teacher_per_sample = teacher_s / n
+    if len(steps) != job["total_steps"]:
+        raise RuntimeError(f"sentence-transformers ran {len(steps)} steps, expected {job['total_steps']}")
+    return {"steps": steps, "timer": timer, "wall": wall, "load1_before": load_before, "load1_after": load1()}
+
+
+def st_figures(job: dict, optim: str, labels: dict, agreement: float, trained: dict, student) -> dict:
     import resource
 
-    result = {
+    import torch
+
+    timer, batch, n = trained["timer"], job["settings"]["micro_batch_size"], len(job["pairs"])
+    timed, computes = trained["steps"][job["warmup"] :], timer.computes[job["warmup"] :]
+    teacher_per_sample = labels["seconds"] / n
+    with_teacher = [t + batch * teacher_per_sample for t in timed]  # its embedding time, on every step
+    return {
         "side": "sentence-transformers trainer",
-        "optim": args.st_optim,
-        "steps_total": total,
+        "optim": optim,
+        "steps_total": job["total_steps"],
         "steps_measured": len(timed),
         "samples_per_s_median": statistics.median(batch / t for t in timed),
         "samples_per_s_mean": batch * len(timed) / sum(timed),
         "step_s_median": statistics.median(timed),
         "compute_only_samples_per_s_median": statistics.median(batch / t for t in computes),
-        # + the teacher: its measured embedding time per sample, added to every measured step
-        "with_teacher_samples_per_s_median": statistics.median(
-            batch / (t + batch * teacher_per_sample) for t in timed
-        ),
-        "with_teacher_samples_per_s_mean": batch
-        * len(timed)
-        / (sum(timed) + batch * len(timed) * teacher_per_sample),
-        "teacher_embedding_s": teacher_s,
+        "with_teacher_samples_per_s_median": statistics.median(batch / t for t in with_teacher),
+        "with_teacher_samples_per_s_mean": batch * len(timed) / sum(with_teacher),
+        "teacher_embedding_s": labels["seconds"],
         "teacher_embedding_sentences": n,
-        "teacher_samples_per_s": n / teacher_s,
-        "teacher_embedding_load1_before": load_teacher_before,
-        "teacher_max_abs_diff_vs_dist_optical_encode": teacher_max_abs_diff,
+        "teacher_samples_per_s": n / labels["seconds"],
+        "teacher_embedding_load1_before": labels["load1_before"],
+        "teacher_max_abs_diff_vs_dist_optical_encode": agreement,
         "loss_first": timer.losses[0] if timer.losses else None,
         "loss_last5": statistics.mean(timer.losses[-5:]) if timer.losses else None,
         "trainable_params": sum(p.numel() for p in student.parameters() if p.requires_grad),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "train_wall_s": train_wall,
-        "load1_before": load_before,
-        "load1_after": load_after,
+        "train_wall_s": trained["wall"],
+        "load1_before": trained["load1_before"],
+        "load1_after": trained["load1_after"],
         "threads": torch.get_num_threads(),
         "includes": "steps: on_step_end to on_step_end = batch fetch (collator tokenizes in the main "
         "process) + student forward/backward + clip + AdamW + scheduler + zero_grad + per-step logging; "
         "teacher precomputed (teacher_embedding_s: Dataset.map + teacher.encode, batch 16, "
         "which sorts by length)",
     }
-    Path(args.result).write_text(json.dumps(result, indent=2))
 
 
-def run_st(pairs, settings, total_steps, warmup, threads, optim, tmp: Path) -> dict:
-    job, result = tmp / "st-job.json", tmp / "st-result.json"
-    job.write_text(
-        json.dumps({"pairs": pairs, "settings": settings, "total_steps": total_steps, "warmup": warmup})
-    )
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--st-worker",
-        "--job",
-        str(job),
-        "--result",
-        str(result),
-        "--threads",
-        str(threads),
-        "--st-optim",
-        optim,
-    ]
-    load_before, t0 = load1(), time.perf_counter()
-    proc = subprocess.run(cmd, env=child_env(threads), cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+def st_worker(args: argparse.Namespace) -> None:
+    """The sentence-transformers side, in its own process; writes its result JSON to ``args.result``."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    job = json.loads(Path(args.job).read_text())
+    teacher, student = st_model(job["model_path"], frozen=True), st_model(job["model_path"])
+    labels = teacher_labels(teacher, job)
+    agreement = teacher_agreement(teacher, labels["dataset"], job)
+    trained = train_st(student, labels["dataset"], job, args.st_optim)
+    write_json(Path(args.result), st_figures(job, args.st_optim, labels, agreement, trained, student))
+
+
+def run_st(bench: Bench, pairs: list[tuple[str, str]], optim: str) -> dict:
+    job, result = bench.tmp / "st-job.json", bench.tmp / "st-result.json"
+    job.write_text(json.dumps({"pairs": pairs, "settings": bench.settings, "total_steps": bench.total,
+                               "warmup": bench.warmup, "model_path": bench.model_path}))  # fmt: skip
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--st-worker", "--job", str(job), "--result",
+           str(result), "--threads", str(bench.threads), "--st-optim", optim]  # fmt: skip
+    load_before, watch = load1(), Stopwatch()
+    proc = subprocess.run(cmd, env=child_env(bench.threads), cwd=REPO, capture_output=True, text=True)
+    wall = watch.lap("run")
     if proc.returncode != 0:
         raise RuntimeError(f"sentence-transformers side failed:\n{proc.stderr[-4000:]}")
     out = json.loads(result.read_text())
@@ -384,23 +412,39 @@ def run_st(pairs, settings, total_steps, warmup, threads, optim, tmp: Path) -> d
 # ------------------------------------------------------------------------------------------- report
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+def run_sides(bench: Bench, pairs: list[tuple[str, str]], st_optims: list[str]) -> dict[str, dict]:
+    """Each side in turn (never two at once): dist-optical trimmed and full, then ST per optimizer."""
+    runs = {"dist_optical_trimmed": lambda: run_dist_optical(bench, True),
+            "dist_optical_full": lambda: run_dist_optical(bench, False)}  # fmt: skip
+    runs.update({f"st_{optim}": (lambda optim=optim: run_st(bench, pairs, optim)) for optim in st_optims})
+    sides = {}
+    for key, run in runs.items():
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: {bench.total} steps, load1 {load1()}", flush=True)
+        side = sides[key] = run()
+        print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
+    return sides
 
-    found = {}
-    for name in ("torch", "transformers", "sentence-transformers", "deepspeed", "datasets", "accelerate"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+
+def ratios(sides: dict[str, dict]) -> dict:
+    """dist-optical's samples/s over the other side's (medians): > 1 means dist-optical is faster."""
+    trim = sides["dist_optical_trimmed"]["samples_per_s_median"]
+    full = sides["dist_optical_full"]["samples_per_s_median"]
+    out: dict = {"trimmed_vs_full": trim / full}
+    for key, side in sides.items():
+        if key.startswith("st_"):
+            steps_only, with_teacher = side["samples_per_s_median"], side["with_teacher_samples_per_s_median"]
+            out[key] = {
+                "trimmed_vs_steps_only": trim / steps_only,
+                "full_vs_steps_only": full / steps_only,
+                "trimmed_vs_with_teacher": trim / with_teacher,
+                "full_vs_with_teacher": full / with_teacher,
+            }
+    return out
 
 
-def dist_optical_setup() -> tuple[str, str]:
-    """How configs/default.yaml runs the optimizer and the teacher (the dist-optical rows' labels)."""
-    from dist_optical.config import load_config, repo_path
-
-    train = load_config(REPO / "configs" / "default.yaml").train
+def dist_optical_setup(config: Path) -> tuple[str, str]:
+    """How the config runs the optimizer and the teacher (the dist-optical rows' labels)."""
+    train = load_config(config).train
     ds = json.loads(repo_path(train.deepspeed).read_text())
     fused = " fused" if ds["optimizer"]["params"].get("fused") else ""
     optim = f"DeepSpeed ZeRO-{ds['zero_optimization']['stage']}, torch AdamW{fused}"
@@ -412,36 +456,31 @@ def dist_optical_setup() -> tuple[str, str]:
 def table(result: dict) -> str:
     sides, r = result["sides"], result["ratios"]
     trim, full = sides["dist_optical_trimmed"], sides["dist_optical_full"]
-    lines = [
-        "| side | vocabulary | optimizer | teacher | samples/s (median) | samples/s (mean) "
-        "| s/step (median) | load1 before → after | dist-optical trimmed / this | dist-optical full / this |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---:|",
-    ]
+    rows = []
 
     def ratio(x):
         return f"{x:.2f}x" if x is not None else ""
 
     def row(name, vocab, optim, teacher, med, mean, step_s, side, vs_trim=None, vs_full=None):
-        lines.append(
-            f"| {name} | {vocab} | {optim} | {teacher} | {med:.2f} | {mean:.2f} | {step_s:.3f} "
-            f"| {side['load1_before']} → {side['load1_after']} | {ratio(vs_trim)} | {ratio(vs_full)} |"
-        )
+        loads = f"{side['load1_before']} → {side['load1_after']}"
+        rows.append([name, vocab, optim, teacher, f"{med:.2f}", f"{mean:.2f}", f"{step_s:.3f}", loads]
+                    + [ratio(vs_trim), ratio(vs_full)])  # fmt: skip
 
-    ds_optim, teacher = dist_optical_setup()
+    ds_optim, teacher = dist_optical_setup(REPO / result["config"])
     row("dist-optical", f"trimmed ({trim['kept_vocab_rows'] or '?'} rows)", ds_optim, teacher,
         trim["samples_per_s_median"], trim["samples_per_s_mean"], trim["step_s_median"], trim)  # fmt: skip
-    row("dist-optical", "full (250,037 rows)", ds_optim, teacher, full["samples_per_s_median"],
+    row("dist-optical", FULL_VOCAB, ds_optim, teacher, full["samples_per_s_median"],
         full["samples_per_s_mean"], full["step_s_median"], full, r["trimmed_vs_full"])  # fmt: skip
     notes = []
     for key, st in sides.items():
         if not key.startswith("st_"):
             continue
         q = r[key]
-        row("sentence-transformers", "full (250,037 rows)", st["optim"], "precomputed, not in the step",
+        row("sentence-transformers", FULL_VOCAB, st["optim"], "precomputed, not in the step",
             st["samples_per_s_median"], st["samples_per_s_mean"], st["step_s_median"], st,
             q["trimmed_vs_steps_only"], q["full_vs_steps_only"])  # fmt: skip
         per = st["teacher_embedding_s"] / st["teacher_embedding_sentences"]
-        row("sentence-transformers", "full (250,037 rows)", st["optim"], "precomputed, its time added",
+        row("sentence-transformers", FULL_VOCAB, st["optim"], "precomputed, its time added",
             st["with_teacher_samples_per_s_median"], st["with_teacher_samples_per_s_mean"],
             st["step_s_median"] + per * result["batch"], st,
             q["trimmed_vs_with_teacher"], q["full_vs_with_teacher"])  # fmt: skip
@@ -453,16 +492,16 @@ def table(result: dict) -> str:
             f"{st['loss_last5']:.5f} (first step → mean of the last 5); {st['trainable_params']:,} "
             "trainable parameters."
         )
-    lines += [
+    return "\n".join([
+        markdown_table(TABLE_COLUMNS, rows, align="llllrrrlrr"),
         "",
         f"dist-optical MSE first step → mean of the last 5: trimmed {trim['loss_first']:.5f} → "
         f"{trim['loss_last5']:.5f}, full {full['loss_first']:.5f} → {full['loss_last5']:.5f}.",
         *notes,
-    ]
-    return "\n".join(lines)
+    ])  # fmt: skip
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -477,65 +516,48 @@ def main() -> None:
         help="the ST trainer's optimizers, one ST run each (default: its own default, fused, then "
         "adamw_torch: torch AdamW unfused, the kernel DeepSpeed's torch_adam runs)",
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="both sides on a tiny BERT, 4 steps: a smoke run"
+    )
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/st_trainer.json)")
     parser.add_argument("--st-optim", help=argparse.SUPPRESS)  # the worker's one optimizer
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "st_trainer.json")
     parser.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.warmup, args.steps, args.threads, args.st_optims = 1, 3, 1, "adamw_torch"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.st_worker:
         st_worker(args)
         return
-
     os.environ.update(child_env(args.threads))
-    started = dt.datetime.now().astimezone()
-    settings = train_settings()
-    if settings["micro_batch_size"] != 16:
-        raise SystemExit(
-            f"configs/default.yaml: micro_batch_size {settings['micro_batch_size']}, expected 16"
-        )
-    total = args.warmup + args.steps
-    pairs = first_pairs(settings, total * settings["micro_batch_size"])
-    load_start = load1()
-    sides = {}
+    out = result_path(args.out, "st_trainer.json", args.quick)
+    config = TINY if args.quick else CONFIG
+    settings = train_settings(config)
+    if not args.quick and settings["micro_batch_size"] != 16:
+        raise SystemExit(f"{config.name}: micro_batch_size {settings['micro_batch_size']}, expected 16")
+    env = environment()
     with tempfile.TemporaryDirectory(prefix="st-bench-") as tmp:
-        for key, trim in (("dist_optical_trimmed", True), ("dist_optical_full", False)):
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {total} steps, load1 {load1()}", flush=True)
-            sides[key] = run_dist_optical(total, args.warmup, trim, args.threads, Path(tmp))
-            side = sides[key]
-            print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
-        for optim in [o.strip() for o in args.st_optims.split(",") if o.strip()]:
-            key = f"st_{optim}"
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {total} steps, load1 {load1()}", flush=True)
-            sides[key] = run_st(pairs, settings, total, args.warmup, args.threads, optim, Path(tmp))
-            side = sides[key]
-            print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
-    trim = sides["dist_optical_trimmed"]["samples_per_s_median"]
-    full = sides["dist_optical_full"]["samples_per_s_median"]
-    # dist-optical's samples/s over the other side's (medians): > 1 means dist-optical is faster
-    ratios = {"trimmed_vs_full": trim / full}
-    for key, side in sides.items():
-        if key.startswith("st_"):
-            steps_only, with_teacher = side["samples_per_s_median"], side["with_teacher_samples_per_s_median"]
-            ratios[key] = {
-                "trimmed_vs_steps_only": trim / steps_only,
-                "full_vs_steps_only": full / steps_only,
-                "trimmed_vs_with_teacher": trim / with_teacher,
-                "full_vs_with_teacher": full / with_teacher,
-            }
+        if args.quick:
+            model_path = tiny_model_folder(config, Path(tmp) / "tiny-model")
+        else:
+            from dist_optical.models import resolve_model_path
+
+            model_path = str(resolve_model_path(TEACHER))
+        bench = Bench(
+            config, args.warmup, args.steps, args.threads, args.quick, Path(tmp), settings, model_path
+        )
+        pairs = first_pairs(settings, bench.total * settings["micro_batch_size"])
+        sides = run_sides(bench, pairs, [o.strip() for o in args.st_optims.split(",") if o.strip()])
     result = {
-        "command": " ".join(["python", "bench/st_trainer.py", *sys.argv[1:]]),
-        "date": started.isoformat(timespec="seconds"),
-        "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load1_start": load_start,
-            "load1_end": load1(),
-            "loadavg_end": list(os.getloadavg()),
-        },
-        "versions": versions(),
+        "env": finish(env),
+        "config": os.path.relpath(config, REPO),
+        "quick": args.quick,
         "threads": args.threads,
         "batch": settings["micro_batch_size"],
         "max_length": MAX_LENGTH,
@@ -549,17 +571,13 @@ def main() -> None:
             "dist_optical_pairs": "its shuffled stream over the same bitext",
         },
         "settings": settings,
-        "ratios": ratios,
+        "ratios": ratios(sides),
         "sides": sides,
     }
     result["table"] = table(result)
     print()
     print(result["table"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = args.out.with_suffix(".json.tmp")
-    tmp_file.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_file.replace(args.out)
-    print(f"wrote {args.out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":
