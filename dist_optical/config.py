@@ -227,10 +227,11 @@ class TrainConfig:
     # has used up this fraction of the room between its first-step value and 1: sentence embeddings
     # start near 0.9 for e5 and 0.5 for MiniLM, so a fixed threshold cannot fit both.
     collapse_margin: float = setting(0.5, check=(lambda v: 0 < v <= 1, "in (0, 1]"))
-    # Every N steps (0 = never), score the student on the eval set named `dev_set` (foreign queries
-    # by the student, English targets by the teacher) and log dev/acc@1: the learning curve.
+    # Every N steps (0 = never), score the student on each eval set named in `dev_sets` (default:
+    # the first; foreign queries by the student, pivot targets by the teacher) and log
+    # dev/SET/acc@1: the learning curves.
     eval_every: int = setting(0, check=NONNEG)
-    dev_set: str = ""
+    dev_sets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -479,12 +480,12 @@ def validate(cfg: Config, source: str | Source = "config") -> None:
         fail("train.teacher_cache", cfg.train.teacher_cache, whole)
     if cfg.train.eval_every:
         names = [s.name for s in cfg.eval.sets]
-        dev_set = cfg.train.dev_set or (names[0] if names else "")
-        if dev_set not in names:
-            fail("train.dev_set", dev_set, f"one of eval.sets ({', '.join(names) or 'none'}): "
-                 "train.eval_every > 0 scores the student on it")  # fmt: skip
-        if cfg.eval.sets[names.index(dev_set)].kind == "clir":
-            fail("train.dev_set", dev_set, "an aligned set (parallel or bible), not a clir one")
+        for dev_set in cfg.train.dev_sets or names[:1] or [""]:
+            if dev_set not in names:
+                fail("train.dev_sets", dev_set, f"one of eval.sets ({', '.join(names) or 'none'}): "
+                     "train.eval_every > 0 scores the student on it")  # fmt: skip
+            if cfg.eval.sets[names.index(dev_set)].kind == "clir":
+                fail("train.dev_sets", dev_set, "an aligned set (parallel or bible), not a clir one")
 
 
 def _checked_fields(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any, Check]]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dist_optical.compare.stats import correct_at_1, paired_bootstrap
+from dist_optical.compare.stats import correct_at_1, paired_bootstrap, queries_needed, verdict
 
 
 def test_a_dominating_objective_has_the_binomial_interval():
@@ -44,3 +44,61 @@ def test_correct_at_1_and_misaligned_queries():
     assert correct_at_1([1, 2, 1, 7]).tolist() == [1.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="same queries"):
         paired_bootstrap([[1, 0]], [[1, 0, 1]])
+
+
+def ranks_with(right: int, total: int, start: int = 0) -> list[int]:
+    """Synthetic gold ranks: queries start..start+right-1 are answered first (rank 1), the rest not."""
+    return [1 if start <= q < start + right else 2 for q in range(total)]
+
+
+def test_a_tiny_difference_on_many_queries_is_equivalent():
+    """4,000 queries; a wins 20 that b loses and b wins 10 that a loses: +0.25 points, sd ~8.7, so
+    the interval is about +-0.27 wide: inside +-1.5 and containing 0."""
+    a = correct_at_1(ranks_with(2020, 4000))
+    b = correct_at_1(ranks_with(2000, 4000))
+    b[2020:2030] = 1
+    result = verdict(paired_bootstrap([a], [b], resamples=2000))
+    assert result["kind"] == "equivalent" and result["text"].startswith("equivalent within ±1.5")
+
+
+def test_a_small_sample_is_undecided_and_says_how_many_queries_would_decide():
+    """200 queries, a wins 6 more than b (10 vs 4 discordant): +3 points, interval wider than +-1.5
+    and containing 0, so undecided; at that variance deciding needs far more queries than 200."""
+    a = correct_at_1(ranks_with(110, 200))
+    b = correct_at_1(ranks_with(100, 200))
+    b[110:114] = 1
+    test = paired_bootstrap([a], [b], resamples=2000)
+    assert test["low"] < 0 < test["high"]
+    result = verdict(test)
+    assert result["kind"] == "undecided"
+    assert result["needed"] == queries_needed(test["diff"], test["sd"]) > 200
+    assert f"~{result['needed']:,} queries" in result["text"]
+
+
+def test_a_clear_difference_is_better_or_worse_by_its_interval():
+    a = correct_at_1(ranks_with(600, 1000))
+    b = correct_at_1(ranks_with(500, 1000))
+    assert verdict(paired_bootstrap([a], [b]))["text"].startswith("better by 10.0 +10.0 [")
+    assert verdict(paired_bootstrap([b], [a]))["text"].startswith("worse by 10.0 -10.0 [")
+
+
+def test_the_power_estimate_on_a_known_binomial_case():
+    """Per-query differences +1 with p = 0.1, -1 with p = 0.05, else 0: mean 5 points, variance
+    (0.15 - 0.05^2) x 100^2. To exclude 0 at 95%: n = (1.96 sd / 5)^2 = 226.7 -> 227. The
+    equivalence route is closed (5 > 1.5). A difference of 0.4 point with the same sd is decided
+    sooner as an equivalence ((1.96 sd / 1.1)^2: 1.1 from the margin) than as a difference
+    ((1.96 sd / 0.4)^2)."""
+    sd = 100 * np.sqrt(0.15 - 0.05**2)
+    assert queries_needed(5.0, sd) == int(np.ceil((1.959964 * sd / 5) ** 2)) == 227
+    assert queries_needed(0.4, sd) == int(np.ceil((1.959964 * sd / 1.1) ** 2))
+    assert queries_needed(-0.4, sd) == queries_needed(0.4, sd)
+    assert queries_needed(0.0, 0.0) is None
+    # The estimate agrees with the bootstrap: at the estimated n the interval just excludes 0.
+    n = 227 * 20
+    a, b = np.zeros(n), np.zeros(n)
+    a[: n // 10] = 1
+    b[n // 10 : n // 10 + n // 20] = 1
+    test = paired_bootstrap([a], [b], resamples=4000)
+    assert test["sd"] == pytest.approx(sd, rel=1e-3) and test["diff"] == pytest.approx(5.0)
+    half = (test["high"] - test["low"]) / 2
+    assert half == pytest.approx(1.959964 * sd / np.sqrt(n), rel=0.1)

@@ -22,7 +22,7 @@ from dist_optical.errors import UserError
 SPEC = """
 base: configs/tiny.yaml
 overrides:
-  train: {max_steps: 4, log_every: 2, warmup_steps: 1, eval_every: 2, dev_set: rev-swh}
+  train: {max_steps: 4, log_every: 2, warmup_steps: 1, eval_every: 2, dev_sets: [rev-swh]}
 languages:
   swh:
     data: {bitexts: [{lang: swh, files: [bible/Swahili-NT.xml, bible/English-KJV-NT.xml]}]}
@@ -89,11 +89,11 @@ def test_report_numbers_match_results_json(compared):
         row = summary[row_name(cells[0], 0)]
         assert int(cells[1]) == row["n"] == (1 if cells[0] == "zero-shot" else 2)
         for cell, (name, kind) in zip(cells[2:4], sets.items(), strict=True):
-            assert cell == fmt(row["metrics"][name]["src->tgt"][headline(kind)], row["n"])
+            assert cell == fmt(row["metrics"]["idx"][name]["src->tgt"][headline(kind)], row["n"])
     # each summary mean is the mean of its runs' result files
     ot_runs = [json.loads((out / f"runs/swh/ot/pairs-all/seed{s}/result.json").read_text()) for s in (0, 1)]
-    values = [run["results"]["rev-swh"]["src->tgt"]["acc@1"] for run in ot_runs]
-    assert summary["ot/pairs-all"]["metrics"]["rev-swh"]["src->tgt"]["acc@1"]["mean"] == pytest.approx(
+    values = [run["results"]["idx"]["rev-swh"]["src->tgt"]["acc@1"] for run in ot_runs]
+    assert summary["ot/pairs-all"]["metrics"]["idx"]["rev-swh"]["src->tgt"]["acc@1"]["mean"] == pytest.approx(
         sum(values) / 2
     )
     assert results["splits"]["swh"]["eval"]["rev-swh"] == {"books": ["REV"], "verses": 60, "overlap": 0}
@@ -108,33 +108,70 @@ def test_report_numbers_match_results_json(compared):
 
 def test_intervals_come_from_the_runs_per_query_ranks(compared):
     from dist_optical.compare.report import _interval
-    from dist_optical.compare.stats import correct_at_1, paired_bootstrap
+    from dist_optical.compare.stats import correct_at_1, paired_bootstrap, verdict
 
     _, out = compared
     results = json.loads((out / "results.json").read_text())
     runs = {(r["objective"], r["seed"]): r for r in results["runs"]}
     tests = results["significance"]["swh"]
     assert set(tests) == {"tatoeba-swh", "rev-swh"}
+    views = [(p, d) for p in ("idx", "alone") for d in ("src->tgt", "tgt->src")]
     for name, queries in (("tatoeba-swh", 60), ("rev-swh", 60)):
-        ot = [correct_at_1(runs[("ot", seed)]["ranks"][name]) for seed in (0, 1)]
-        infonce = [correct_at_1(runs[("infonce", seed)]["ranks"][name]) for seed in (0, 1)]
-        zero = [correct_at_1(runs[("zero-shot", None)]["ranks"][name])]
-        assert len(ot[0]) == queries
-        # acc@1 from the ranks is the acc@1 the run reported
-        assert 100 * ot[0].mean() == pytest.approx(runs[("ot", 0)]["results"][name]["src->tgt"]["acc@1"])
-        assert tests[name]["ot"]["vs infonce"] == paired_bootstrap(ot, infonce)
-        assert tests[name]["ot"]["vs zero-shot"] == paired_bootstrap(ot, zero)
-        assert "vs infonce" not in tests[name]["infonce"]
+        for protocol, direction in views:
+
+            def correct(objective, seeds, protocol=protocol, direction=direction, name=name):
+                return [correct_at_1(runs[(objective, s)]["ranks"][protocol][name][direction]) for s in seeds]
+
+            ot, infonce, zero = (
+                correct("ot", (0, 1)),
+                correct("infonce", (0, 1)),
+                correct("zero-shot", [None]),
+            )
+            assert len(ot[0]) == queries
+            # acc@1 from the ranks is the acc@1 the run reported, in every view
+            reported = runs[("ot", 0)]["results"][protocol][name][direction]["acc@1"]
+            assert 100 * ot[0].mean() == pytest.approx(reported)
+            cell = tests[name][protocol][direction]
+            assert cell["ot"]["vs infonce"] == paired_bootstrap(ot, infonce)
+            assert cell["ot"]["vs zero-shot"] == paired_bootstrap(ot, zero)
+            assert "vs infonce" not in cell["infonce"]
+            if name != "rev-swh":  # the dev curve's set is watched, not judged
+                judged = results["verdicts"]["swh"][name]["ot"][f"{protocol}/{direction}"]
+                assert judged == verdict(cell["ot"]["vs infonce"])
+    assert "rev-swh" not in results["verdicts"]["swh"]
+    # the teacher alone is the teacher against its own index; a trained student alone is not
+    zero_shot, student = runs[("zero-shot", None)], runs[("ot", 0)]
+    assert zero_shot["results"]["alone"] == zero_shot["results"]["idx"]
+    assert student["ranks"]["alone"] != student["ranks"]["idx"]
     report = (out / "report.md").read_text()
-    assert "## Differences with 95% intervals" in report
-    assert _interval(tests["rev-swh"]["ot"]["vs infonce"]) in report
+    assert "## Differences with 95% intervals" in report and "## Verdicts against InfoNCE" in report
+    assert _interval(tests["rev-swh"]["idx"]["src->tgt"]["ot"]["vs infonce"]) in report
+    assert report.splitlines()[2].startswith("Against InfoNCE, over up to 4 cells each")
     train = load_spec(compared[0]).language_config("swh").train  # the dev curve: every eval_every steps
     steps = range(train.eval_every, train.max_steps + 1, train.eval_every)
     for run in results["runs"]:
         if run["seed"] is not None:
             pairs_seen = [step * train.micro_batch_size * train.grad_accum for step in steps]
-            assert [pairs for pairs, _ in run["curve"]] == pairs_seen
+            assert run["curve"]["pairs"] == pairs_seen and len(run["curve"]["acc@1"]["rev-swh"]) == len(steps)
+            assert run["curve"]["train_s"] == sorted(run["curve"]["train_s"]) and run["step_s"] > 0
     assert (out / "curves.png").stat().st_size > 0 and (out / "headline.png").stat().st_size > 0
+
+
+def test_learning_curves_start_at_the_zero_shot_row(compared):
+    from dist_optical.compare.plots import learning_curves
+
+    _, out = compared
+    results = json.loads((out / "results.json").read_text())
+    zero_shot = next(run for run in results["runs"] if run["objective"] == "zero-shot")
+    curves = learning_curves(results["runs"])["swh"]["rev-swh"]
+    assert set(curves) == {"ot", "infonce"}
+    for objective, entry in curves.items():
+        assert entry["pairs"][0] == 0 and len(entry["acc"]) == 2  # two seeds
+        for seed, (acc, seconds) in enumerate(zip(entry["acc"], entry["train_s"], strict=True)):
+            assert acc[0] == zero_shot["results"]["idx"]["rev-swh"]["src->tgt"]["acc@1"]
+            assert seconds[0] == 0.0
+            run = next(r for r in results["runs"] if (r["objective"], r["seed"]) == (objective, seed))
+            assert acc[1:] == run["curve"]["acc@1"]["rev-swh"]
 
 
 def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
@@ -257,7 +294,7 @@ def test_spec_errors_name_the_key(tmp_path, change, message):
 
 
 SPECS = {  # spec -> languages it must cover, minimum seeds
-    "compare.yaml": ({"wol", "ewe", "swh"}, 3),
+    "compare.yaml": ({"wol", "ewe"}, 3),
     "compare-full.yaml": ({"wol", "ewe", "zul", "swh"}, 5),
     "compare-minilm.yaml": ({"swh", "zul", "wol", "ewe"}, 1),
 }
@@ -271,7 +308,7 @@ def test_shipped_specs_build_every_run(name):
     assert len(spec.grids["main"].seeds) >= seeds
     for key, cfg in configs.items():
         assert "REV" in cfg.data.exclude_books
-        assert [b.lang for b in cfg.data.bitexts] == [key.language]  # a language trains on its own bitext
+        assert {b.lang for b in cfg.data.bitexts} == {key.language}  # a language trains on its own bitext
     if name != "compare-minilm.yaml":  # the multilingual grids: the objectives the question names
         assert {key.objective for key in keys} >= {
             "zero-shot",
@@ -284,3 +321,19 @@ def test_shipped_specs_build_every_run(name):
         for key, cfg in configs.items():
             if key.trains and key.pairs:  # a budgeted pool is seen at least once in full
                 assert cfg.train.max_steps >= key.pairs // (cfg.train.micro_batch_size * cfg.train.grad_accum)
+
+
+def test_the_cpu_grid_sees_every_training_pair_of_its_languages():
+    """configs/compare.yaml trains one full epoch (the last partial batch aside) on Bible and news."""
+    from dist_optical.data.prepare import ensure_shards
+
+    spec, keys, configs = checked_plan(REPO_ROOT / "configs" / "compare.yaml")
+    pools = {}
+    for key in (k for k in keys if k.trains):
+        cfg = configs[key]
+        assert {b.pivot for b in cfg.data.bitexts} == {"eng", "fra"} and cfg.data.max_pairs == 0
+        if key.language not in pools:  # the shards are built once (seconds), as compare builds them
+            pools[key.language] = sum(load_manifest(m)["total_pairs"] for m in ensure_shards(cfg))
+        pool = pools[key.language]
+        batch = cfg.train.micro_batch_size * cfg.train.grad_accum
+        assert pool - batch < cfg.train.max_steps * batch <= pool

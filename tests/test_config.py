@@ -64,7 +64,7 @@ def test_overrides_are_typed_and_nested():
         ("data.bitexts=[{lang: swh, files: [a, b, c]}]", "config key 'data.bitexts[0].files': expected"),
         ("eval.sets=[{name: a, kind: web}]", "config key 'eval.sets[0].kind': expected one of"),
         ("eval.sets=[{name: a, max_pairs: -1}]", "config key 'eval.sets[0].max_pairs': expected >= 0"),
-        ("train.eval_every=5", "config key 'train.dev_set': expected one of eval.sets (none)"),
+        ("train.eval_every=5", "config key 'train.dev_sets': expected one of eval.sets (none)"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -131,5 +131,10 @@ def test_the_full_tier_is_the_default_recipe_on_all_the_data():
         load_config(REPO_ROOT / "configs/default.yaml"),
         load_config(REPO_ROOT / "configs/full.yaml"),
     )
-    assert (full.loss, full.model, full.data.bitexts) == (default.loss, default.model, default.data.bitexts)
+    assert (full.loss, full.model) == (default.loss, default.model)
+    # the same bitexts, each pair once in the natural mixture (no weights) instead of the default's
+    assert [(b.lang, b.pivot, b.files) for b in full.data.bitexts] == [
+        (b.lang, b.pivot, b.files) for b in default.data.bitexts
+    ]
+    assert all(b.weight == 0 for b in full.data.bitexts) and full.data.temperature == 1.0
     assert full.data.max_pairs == 0 and default.data.max_pairs > 0

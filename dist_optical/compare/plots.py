@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dist_optical.compare.spec import DIRECTION, Spec, headline, row_name
+from dist_optical.compare.spec import DIRECTION, PROTOCOL, Spec, headline, row_name
 
 
 def _pyplot():
@@ -54,20 +54,20 @@ def plot_grid(
 
         if len(grid.pairs) == 1:
             names = [o for o in grid.objectives if row(o, grid.pairs[0]) is not None]
-            values = [row(o, grid.pairs[0])["metrics"][s][DIRECTION][metric] for o in names]
+            values = [row(o, grid.pairs[0])["metrics"][PROTOCOL][s][DIRECTION][metric] for o in names]
             ax.bar(range(len(names)), [v["mean"] for v in values], yerr=[v["std"] for v in values], capsize=3)
             ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
         else:
             for objective in grid.objectives:
                 if spec.objectives[objective] is None and row(objective, 0) is not None:
-                    value = row(objective, 0)["metrics"][s][DIRECTION][metric]["mean"]
+                    value = row(objective, 0)["metrics"][PROTOCOL][s][DIRECTION][metric]["mean"]
                     ax.axhline(value, linestyle="--", color="grey", label=objective)
                     continue
                 points = [p for p in (row(objective, pairs) for pairs in grid.pairs) if p is not None]
                 ax.errorbar(
                     [p["pairs_pool"] for p in points],
-                    [p["metrics"][s][DIRECTION][metric]["mean"] for p in points],
-                    yerr=[p["metrics"][s][DIRECTION][metric]["std"] for p in points],
+                    [p["metrics"][PROTOCOL][s][DIRECTION][metric]["mean"] for p in points],
+                    yerr=[p["metrics"][PROTOCOL][s][DIRECTION][metric]["std"] for p in points],
                     marker="o",
                     capsize=3,
                     label=objective,
@@ -80,10 +80,19 @@ def plot_grid(
     return _save(plt, fig, out / f"{name}.png")
 
 
+def headline_tests(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """language -> eval set -> objective -> its bootstrap tests, in the headline view (PROTOCOL,
+    DIRECTION) of results.json's significance."""
+    return {
+        language: {name: cell[PROTOCOL][DIRECTION] for name, cell in sets.items()}
+        for language, sets in results.get("significance", {}).items()
+    }
+
+
 def plot_headline(results: dict[str, Any], spec: Spec, out: Path) -> Path | None:
-    """headline.png: acc@1 per objective, a panel per (language, eval set), whiskers = the 95%
-    bootstrap interval over queries (seeds pooled)."""
-    tests = results.get("significance", {})
+    """headline.png: acc@1 per objective (foreign queries against the teacher's index), a panel per
+    (language, eval set), whiskers = the 95% bootstrap interval over queries (seeds pooled)."""
+    tests = headline_tests(results)
     panels = [(lang, s) for lang in spec.languages if lang in tests for s in tests[lang]]
     if not panels:
         return None
@@ -101,31 +110,53 @@ def plot_headline(results: dict[str, Any], spec: Spec, out: Path) -> Path | None
     return _save(plt, fig, out / "headline.png")
 
 
-def plot_curves(records: list[dict[str, Any]], spec: Spec, out: Path) -> Path | None:
-    """curves.png: dev acc@1 against pairs seen, a panel per language, a line per objective (mean
-    over seeds, band = min..max over seeds); None when no run logged a curve."""
-    curves: dict[str, dict[str, list[list[list[float]]]]] = {}
+def learning_curves(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """language -> dev set -> objective -> {pairs, train_s, acc: one list per seed}, each curve
+    starting from the zero-shot point (0 pairs, 0 s: the zero-shot row's acc@1 on that set, foreign
+    queries against the teacher's index, as the dev curve scores); objectives without a curve and
+    languages without a zero-shot run are left out."""
+    zero = {r["language"]: r for r in records if r["seed"] is None and "results" in r}
+    out: dict[str, Any] = {}
     for record in records:
-        if record.get("curve"):
-            curves.setdefault(record["language"], {}).setdefault(record["objective"], []).append(
-                record["curve"]
+        curve, start = record.get("curve"), zero.get(record["language"])
+        if not curve or not curve.get("pairs") or start is None:
+            continue
+        for name, values in curve["acc@1"].items():
+            origin = start["results"][PROTOCOL][name][DIRECTION]["acc@1"]
+            series = out.setdefault(record["language"], {}).setdefault(name, {})
+            entry = series.setdefault(
+                record["objective"], {"pairs": [0, *curve["pairs"]], "train_s": [], "acc": []}
             )
-    if not curves:
+            entry["train_s"].append([0.0, *curve["train_s"]])
+            entry["acc"].append([origin, *values])
+    return out
+
+
+def plot_curves(records: list[dict[str, Any]], spec: Spec, out: Path) -> Path | None:
+    """curves.png: dev acc@1 from the zero-shot point on, a column per (language, dev set); top row
+    against training pairs seen, bottom row against training seconds (accuracy at equal wall time:
+    OT objectives cost more per step). A line per objective: the mean over seeds, band = min..max."""
+    curves = learning_curves(records)
+    panels = [(lang, name) for lang in spec.languages if lang in curves for name in curves[lang]]
+    if not panels:
         return None
     import numpy as np
 
     plt = _pyplot()
-    languages = [lang for lang in spec.languages if lang in curves]
-    fig, axes = plt.subplots(1, len(languages), figsize=(4.4 * len(languages), 3.4), squeeze=False)
-    for ax, language in zip(axes.flat, languages, strict=True):
-        for objective, runs in curves[language].items():
-            length = min(len(run) for run in runs)
-            pairs = np.array([point[0] for point in runs[0][:length]])
-            values = np.array([[point[1] for point in run[:length]] for run in runs])
-            ax.plot(pairs, values.mean(0), marker=".", label=f"{objective} (n={len(runs)})")
-            ax.fill_between(pairs, values.min(0), values.max(0), alpha=0.2)
-        ax.set_title(f"{language}: dev acc@1", fontsize=9)
-        ax.set_xlabel("training pairs seen")
-        ax.set_ylabel("acc@1 %")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.4 * len(panels), 6.8), squeeze=False)
+    for column, (language, name) in enumerate(panels):
+        for objective, entry in curves[language][name].items():
+            length = min(len(run) for run in entry["acc"])
+            values = np.array([run[:length] for run in entry["acc"]])
+            seconds = np.array([run[:length] for run in entry["train_s"]]).mean(0)
+            label = f"{objective} (n={len(values)})"
+            for ax, x in ((axes[0, column], np.array(entry["pairs"][:length])), (axes[1, column], seconds)):
+                ax.plot(x, values.mean(0), marker=".", label=label)
+                ax.fill_between(x, values.min(0), values.max(0), alpha=0.2)
+        axes[0, column].set_title(f"{language} / {name}: acc@1", fontsize=9)
+        axes[0, column].set_xlabel("training pairs seen")
+        axes[1, column].set_xlabel("training seconds (mean over seeds)")
+        for ax in axes[:, column]:
+            ax.set_ylabel("acc@1 %")
+            ax.legend(fontsize=7)
     return _save(plt, fig, out / "curves.png")

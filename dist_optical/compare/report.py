@@ -12,15 +12,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from dist_optical.compare.plots import plot_curves, plot_grid, plot_headline
-from dist_optical.compare.spec import DIRECTION, Spec, headline, row_name
-from dist_optical.compare.stats import RESAMPLES
+from dist_optical.compare.plots import headline_tests, plot_curves, plot_grid, plot_headline
+from dist_optical.compare.spec import DIRECTION, DIRECTIONS, PROTOCOL, PROTOCOLS, Spec, headline, row_name
+from dist_optical.compare.stats import MARGIN, RESAMPLES, correct_at_1, paired_bootstrap, verdict
 from dist_optical.files import atomic_write
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """records -> language -> "objective/pairs-N" -> {n, seeds, metrics: set -> direction -> metric
-    -> {mean, std}, steps, pairs_pool, pairs_seen, train_wall_s, diagnostics: name -> mean}.
+    """records -> language -> "objective/pairs-N" -> {n, seeds, metrics: protocol -> set -> direction
+    -> metric -> {mean, std}, steps, pairs_pool, pairs_seen, train_wall_s, step_s, diagnostics:
+    name -> mean}.
 
     std is the sample standard deviation over seeds (0 for a single run)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -32,14 +33,17 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     for (language, row), runs in groups.items():
         first = runs[0]
         metrics = {
-            name: {
-                direction: {
-                    metric: _stats([run["results"][name][direction][metric] for run in runs])
-                    for metric in values
+            protocol: {
+                name: {
+                    direction: {
+                        metric: _stats([run["results"][protocol][name][direction][metric] for run in runs])
+                        for metric in values
+                    }
+                    for direction, values in directions.items()
                 }
-                for direction, values in directions.items()
+                for name, directions in sets.items()
             }
-            for name, directions in first["results"].items()
+            for protocol, sets in first["results"].items()
         }
         entry: dict[str, Any] = {"n": len(runs), "seeds": [run["seed"] for run in runs], "metrics": metrics}
         if "steps" in first:
@@ -50,6 +54,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 pairs_pool=first["pairs_pool"],
                 pairs_seen=first["pairs_seen"],
                 train_wall_s=statistics.fmean(run["train_wall_s"] for run in runs),
+                step_s=statistics.fmean(run.get("step_s", 0.0) for run in runs),
                 diagnostics={
                     "last": {name: statistics.fmean(d[name] for d in last) for name in last[0]},
                     "first": {name: statistics.fmean(d[name] for d in start) for name in start[0]},
@@ -72,7 +77,9 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
     plots = [plot_grid(name, grid, spec, summary, kinds, out) for name, grid in spec.grids.items()]
     extra = [p for p in (plot_headline(results, spec, out), plot_curves(results["runs"], spec, out)) if p]
     lines = _header(results, spec)
+    lines[2:2] = answer(results.get("verdicts", {}))
     lines += significance_lines(results, spec)
+    lines += verdict_lines(results.get("verdicts", {}), spec)
     lines += [f"![{p.stem}]({p.name})" for p in extra] + [""]
     for (name, grid), plot in zip(spec.grids.items(), plots, strict=True):
         lines += [f"## Grid `{name}`", ""]
@@ -170,21 +177,21 @@ def _header(results: dict[str, Any], spec: Spec) -> list[str]:
 def _table(rows: dict[str, Any], names: list[str], kinds: dict[str, str]) -> list[str]:
     sets = list(kinds)
     header = [f"{s} {headline(kinds[s])}" for s in sets]
-    extra = ["pairs pool / drawn", "steps", "train s", "student cos", "plan entropy", "English cos"]
+    extra = ["pairs pool / drawn", "steps", "s/step", "train s", "student cos", "plan entropy", "English cos"]
     lines = [
         "| objective | n | " + " | ".join(header + extra) + " |",
         "|---" * (2 + len(header) + len(extra)) + "|",
     ]
     present = [name for name in names if name in rows]
     best = {
-        s: max(rows[name]["metrics"][s][DIRECTION][headline(kinds[s])]["mean"] for name in present)
+        s: max(rows[name]["metrics"][PROTOCOL][s][DIRECTION][headline(kinds[s])]["mean"] for name in present)
         for s in sets
     }
     for name in present:
         row = rows[name]
         cells = []
         for s in sets:
-            value = row["metrics"][s][DIRECTION][headline(kinds[s])]
+            value = row["metrics"][PROTOCOL][s][DIRECTION][headline(kinds[s])]
             text = fmt(value, row["n"])
             cells.append(f"**{text}**" if value["mean"] == best[s] else text)
         if "steps" in row:
@@ -192,6 +199,7 @@ def _table(rows: dict[str, Any], names: list[str], kinds: dict[str, str]) -> lis
             cells += [
                 f"{row['pairs_pool']} / {row['pairs_seen']}",
                 str(row["steps"]),
+                f"{row['step_s']:.2f}",
                 f"{row['train_wall_s']:.0f}",
                 f"{first['collapse/student_cos']:.2f} -> {last['collapse/student_cos']:.2f}",
                 f"{last['ot/plan_entropy']:.2f}" if "ot/plan_entropy" in last else "-",
@@ -200,7 +208,7 @@ def _table(rows: dict[str, Any], names: list[str], kinds: dict[str, str]) -> lis
                 else "-",
             ]
         else:
-            cells += ["-", "0", "-", "-", "-", "-"]
+            cells += ["-", "0", "-", "-", "-", "-", "-"]
         label = name.removesuffix("/pairs-all")
         lines.append(f"| {label} | {row['n']} | " + " | ".join(cells) + " |")
     return lines
@@ -240,7 +248,7 @@ def _reading(summary: dict[str, Any], spec: Spec, kinds: dict[str, dict[str, str
 
 def _verdict(rows: dict[str, Any], eval_set: str, metric: str) -> str:
     """'best X m ± s, then Y m ± s: lead d, within seed noise' for one eval set."""
-    value = {o: row["metrics"][eval_set][DIRECTION][metric] for o, row in rows.items()}
+    value = {o: row["metrics"][PROTOCOL][eval_set][DIRECTION][metric] for o, row in rows.items()}
     top, second = sorted(value, key=lambda o: value[o]["mean"], reverse=True)[:2]
     a, b = value[top], value[second]
     lead, noise = a["mean"] - b["mean"], math.hypot(a["std"], b["std"])
@@ -260,48 +268,51 @@ REFERENCES = ("infonce", "zero-shot")  # what every objective is measured agains
 
 
 def significance(records: list[dict[str, Any]], spec: Spec) -> dict[str, Any]:
-    """Per grid with one pair budget: language -> eval set -> objective -> reference -> the paired
-    bootstrap (`stats.paired_bootstrap`, seeds pooled) of acc@1 minus the reference's, and
-    ``acc``: the objective's own acc@1 with its bootstrap interval (the bar chart's whiskers)."""
-    from dist_optical.compare.stats import correct_at_1, paired_bootstrap
-
+    """language -> eval set -> protocol -> direction -> objective -> reference -> the paired
+    bootstrap (`stats.paired_bootstrap`, seeds pooled) of acc@1 minus the reference's, and ``acc``:
+    the objective's own acc@1 with its bootstrap interval. Over the runs of every grid with one
+    training-pair budget, so grids that split the objectives (three seeds for some, one for others)
+    are judged against one reference with all its seeds."""
+    cells = {  # (language, objective, pairs) of every single-budget grid
+        (language, objective, grid.pairs[0] if spec.objectives[objective] is not None else 0)
+        for grid in spec.grids.values()
+        if len(grid.pairs) == 1
+        for language in grid.languages
+        for objective in grid.objectives
+    }
+    correct: dict[tuple[str, str, str, str], dict[str, list]] = {}  # view -> objective -> seeds' 0/1
+    for record in records:
+        if (record["language"], record["objective"], record["pairs"]) not in cells:
+            continue
+        for protocol, sets in record.get("ranks", {}).items():
+            for name, directions in sets.items():
+                for direction, ranks in directions.items():
+                    view = correct.setdefault((record["language"], name, protocol, direction), {})
+                    view.setdefault(record["objective"], []).append(correct_at_1(ranks))
     out: dict[str, Any] = {}
-    for grid in (g for g in spec.grids.values() if len(g.pairs) == 1):
-        for language in grid.languages:
-            correct: dict[str, dict[str, list]] = {}  # objective -> set -> per-seed 0/1 per query
-            for record in records:
-                trained = spec.objectives.get(record["objective"]) is not None
-                if (
-                    record["language"] == language
-                    and record["objective"] in grid.objectives
-                    and record["pairs"] == (grid.pairs[0] if trained else 0)
-                ):
-                    for name, ranks in record.get("ranks", {}).items():
-                        correct.setdefault(record["objective"], {}).setdefault(name, []).append(
-                            correct_at_1(ranks)
-                        )
-            for objective, sets in correct.items():
-                for name, seeds in sets.items():
-                    entry = out.setdefault(language, {}).setdefault(name, {}).setdefault(objective, {})
-                    entry["acc"] = paired_bootstrap(seeds, [[0.0] * len(seeds[0])])
-                    for reference in REFERENCES:
-                        if reference != objective and name in correct.get(reference, {}):
-                            entry[f"vs {reference}"] = paired_bootstrap(seeds, correct[reference][name])
+    for (language, name, protocol, direction), objectives in correct.items():
+        cell = out.setdefault(language, {}).setdefault(name, {}).setdefault(protocol, {})
+        for objective, seeds in objectives.items():
+            entry = cell.setdefault(direction, {}).setdefault(objective, {})
+            entry["acc"] = paired_bootstrap(seeds, [[0.0] * len(seeds[0])])
+            for reference in REFERENCES:
+                if reference != objective and reference in objectives:
+                    entry[f"vs {reference}"] = paired_bootstrap(seeds, objectives[reference])
     return out
 
 
 def significance_lines(results: dict[str, Any], spec: Spec) -> list[str]:
     """One table per language: acc@1 minus InfoNCE's and minus zero-shot's, 95% intervals."""
-    tests = results.get("significance", {})
+    tests = headline_tests(results)
     if not tests:
         return []
     lines = [
         "## Differences with 95% intervals (paired bootstrap over queries)",
         "",
-        "acc@1 of each objective minus InfoNCE's and minus zero-shot's, in points, seeds pooled "
-        f"(each query's correctness averaged over the objective's seeds), {RESAMPLES} "
-        "resamples of the queries; **bold** where the interval excludes 0 (a real difference), plain "
-        "where it does not (no difference shown at this many queries).",
+        f"{PROTOCOLS[PROTOCOL]}, {DIRECTIONS[DIRECTION]}: acc@1 of each objective minus InfoNCE's and "
+        f"minus zero-shot's, in points, seeds pooled (each query's correctness averaged over the "
+        f"objective's seeds), {RESAMPLES} resamples of the queries; **bold** where the interval excludes "
+        "0 (a real difference), plain where it does not (no difference shown at this many queries).",
         "",
     ]
     for language in (lang for lang in spec.languages if lang in tests):
@@ -329,3 +340,97 @@ def _interval(test: dict[str, Any], mark: bool = True) -> str:
         else (f"{test['diff']:.1f} [{test['low']:.1f}, {test['high']:.1f}]")
     )
     return f"**{text}**" if mark and test["significant"] else text
+
+
+VIEWS = [(protocol, direction) for protocol in PROTOCOLS for direction in DIRECTIONS]
+
+
+def verdicts(results: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    """language -> eval set -> objective -> "protocol/direction" -> `stats.verdict` of its acc@1
+    minus InfoNCE's, on every aligned set but the learning curves' dev sets (watched while
+    training, so not a judge)."""
+    out: dict[str, Any] = {}
+    for language, sets in results.get("significance", {}).items():
+        dev = set(spec.language_config(language).train.dev_sets)
+        for name, cell in sets.items():
+            if name in dev:
+                continue
+            for protocol, direction in VIEWS:
+                for objective, tests in cell.get(protocol, {}).get(direction, {}).items():
+                    if "vs infonce" in tests:
+                        entry = out.setdefault(language, {}).setdefault(name, {}).setdefault(objective, {})
+                        entry[f"{protocol}/{direction}"] = verdict(tests["vs infonce"])
+    return out
+
+
+def _view_label(view: str) -> str:
+    protocol, direction = view.split("/")
+    return f"{DIRECTIONS[direction]}, {PROTOCOLS[protocol]}"
+
+
+def verdict_lines(judged: dict[str, Any], spec: Spec) -> list[str]:
+    """A table per language and eval set: a verdict per objective and view (direction x protocol)."""
+    if not judged:
+        return []
+    lines = [
+        "## Verdicts against InfoNCE",
+        "",
+        "Each cell: the objective's acc@1 minus InfoNCE's, in points, with its paired-bootstrap 95% "
+        "interval (seeds pooled). **better/worse by X** where the interval excludes 0; **equivalent** "
+        f"where it lies inside ±{MARGIN:g}; otherwise undecided, with the number of queries at which the "
+        "interval would decide at the observed per-query variance (normal approximation; more seeds "
+        "narrow it too). The learning curves' dev sets are not judged here.",
+        "",
+    ]
+    views = [f"{p}/{d}" for p, d in VIEWS]
+    for language in (lang for lang in spec.languages if lang in judged):
+        for name, objectives in judged[language].items():
+            lines += [f"### {language} / {name}", ""]
+            lines += ["| objective | " + " | ".join(_view_label(v) for v in views) + " |"]
+            lines += ["|---" * (1 + len(views)) + "|"]
+            for objective, cells in objectives.items():
+                texts = [_bold_kind(cells[v]) if v in cells else "-" for v in views]
+                lines.append(f"| {objective} | " + " | ".join(texts) + " |")
+            lines.append("")
+    return lines
+
+
+def _bold_kind(decided: dict[str, Any]) -> str:
+    kind, text = decided["kind"], decided["text"]
+    return f"**{kind}**{text[len(kind) :]}" if kind != "undecided" else text
+
+
+def answer(judged: dict[str, Any]) -> list[str]:
+    """The report's opening paragraph, three sentences read off the verdicts only: per objective,
+    how many cells fall each way; then where an objective is better, and where worse."""
+    counts: dict[str, dict[str, int]] = {}
+    found: dict[str, list[str]] = {"better": [], "worse": []}
+    for language, sets in judged.items():
+        for name, objectives in sets.items():
+            for objective, views in objectives.items():
+                for view, decided in views.items():
+                    kinds = ("better", "worse", "equivalent", "undecided")
+                    tally = counts.setdefault(objective, dict.fromkeys(kinds, 0))
+                    tally[decided["kind"]] += 1
+                    if decided["kind"] in found:
+                        found[decided["kind"]].append(
+                            f"`{objective}` on {language} {name} ({_view_label(view)}: {decided['interval']})"
+                        )
+    if not counts:
+        return []
+    tallies = "; ".join(
+        f"`{o}` is better in {t['better']}, worse in {t['worse']}, equivalent within ±{MARGIN:g} in "
+        f"{t['equivalent']} and undecided in {t['undecided']}"
+        for o, t in counts.items()
+    )
+    cells = max(sum(tally.values()) for tally in counts.values())
+    first = (
+        f"Against InfoNCE, over up to {cells} cells each (language x set x direction x protocol): {tallies}."
+    )
+    rest = [
+        f"{kind.capitalize()} than InfoNCE: " + "; ".join(places) + "."
+        if places
+        else f"No objective is {kind} than InfoNCE in any cell."
+        for kind, places in found.items()
+    ]
+    return [" ".join([first, *rest]), ""]

@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from dist_optical.compare.report import significance, summarise, write_report
-from dist_optical.compare.spec import RunKey, Spec, load_spec, plan
+from dist_optical.compare.report import significance, summarise, verdicts, write_report
+from dist_optical.compare.spec import PROTOCOLS, RunKey, Spec, load_spec, plan
 from dist_optical.config import Config, ConfigError, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
 from dist_optical.engine.signals import StopRequest
@@ -93,6 +94,7 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
         "summary": summarise(records),
         "significance": significance(records, spec),
     }
+    results["verdicts"] = verdicts(results, spec)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
     files = write_report(results, spec, out)
@@ -216,7 +218,8 @@ def run_one(
         "config_hash": digest,
     }
     t0 = time.perf_counter()
-    ranks: dict[str, list[int]] = {}
+    ranks: dict[str, dict] = {protocol: {} for protocol in PROTOCOLS}
+    evaluate = evaluator.get()
     if key.trains:
         from dist_optical.models.encoder import Encoder
         from dist_optical.train import train
@@ -226,14 +229,18 @@ def run_one(
         model = Encoder.for_eval(summary["model"], cfg)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
-        results = evaluator.get()(model, ranks=ranks)
-    else:
-        results = evaluator.get()(evaluator.get().teacher, ranks=ranks)
+        results = {
+            "idx": evaluate(model, ranks=ranks["idx"]),
+            "alone": evaluate(model, target_model=model, ranks=ranks["alone"]),
+        }
+    else:  # the teacher against its own index is the teacher alone: one evaluation serves both
+        idx = evaluate(evaluate.teacher, ranks=ranks["idx"])
+        results, ranks["alone"] = {"idx": idx, "alone": idx}, ranks["idx"]
     record["eval_wall_s"] = time.perf_counter() - t0
     # The wall times above are only comparable when the machine was equally busy: record how busy.
     record["load_average"] = os.getloadavg()[0]
-    record["results"] = results
-    record["ranks"] = ranks  # per query, foreign -> English: the report's paired bootstrap
+    record["results"] = results  # protocol -> set -> direction -> metric
+    record["ranks"] = ranks  # protocol -> set -> direction -> gold rank per query: the paired bootstrap
     write_json_atomic(result_path, record)  # last: from here on the run counts as finished
     if key.trains and not keep_models:  # ~400 MB a run; the numbers are in result.json
         for name in ("checkpoints", "model"):
@@ -251,19 +258,19 @@ def _finished(run_dir: Path, digest: str) -> dict[str, Any] | None:
 
 
 def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, Any]:
-    """Steps, training pairs (the pool and how many were drawn) and the diagnostics of the first
-    and last `TAIL_STEPS` steps (why a run failed: the collapse signal and the plan entropy)."""
+    """Steps, training pairs (the pool and how many were drawn), seconds per step, the learning
+    curve, and the diagnostics of the first and last `TAIL_STEPS` steps (why a run failed: the
+    collapse signal and the plan entropy)."""
     from dist_optical.data.prepare import shard_folder
     from dist_optical.data.shards import load_manifest
 
     sizes = [load_manifest(shard_folder(cfg, b))["total_pairs"] for b in cfg.data.bitexts]
     lines = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
     pairs_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum
+    step_s = [pairs_per_step / line["samples_per_s"] for line in lines]
     return {
-        # The learning curve: (pairs seen, dev acc@1) at every train.eval_every steps.
-        "curve": [
-            [line["step"] * pairs_per_step, line["dev/acc@1"]] for line in lines if "dev/acc@1" in line
-        ],
+        "curve": learning_curve(lines, pairs_per_step),
+        "step_s": statistics.median(step_s) if step_s else 0.0,
         "steps": steps,
         "pairs_pool": sum(min(n, cfg.data.max_pairs) if cfg.data.max_pairs else n for n in sizes),
         "pairs_seen": steps * cfg.train.micro_batch_size * cfg.train.grad_accum,
@@ -272,6 +279,26 @@ def training_record(cfg: Config, steps: int, metrics_path: Path) -> dict[str, An
             "last": _mean_of(lines[-TAIL_STEPS:]),
         },
     }
+
+
+def learning_curve(lines: list[dict[str, Any]], pairs_per_step: int) -> dict[str, Any]:
+    """Every train.eval_every steps: pairs seen, training seconds so far (the steps' own time, the
+    dev scoring excluded: accuracy at equal wall time) and each dev set's acc@1."""
+    curve: dict[str, Any] = {"pairs": [], "train_s": [], "acc@1": {}}
+    seconds = 0.0
+    for line in lines:
+        seconds += pairs_per_step / line["samples_per_s"]
+        scores = {
+            key.split("/")[1]: v
+            for key, v in line.items()
+            if key.startswith("dev/") and key.endswith("/acc@1")
+        }
+        if scores:
+            curve["pairs"].append(line["step"] * pairs_per_step)
+            curve["train_s"].append(round(seconds, 2))
+            for name, value in scores.items():
+                curve["acc@1"].setdefault(name, []).append(value)
+    return curve
 
 
 def _mean_of(lines: list[dict[str, float]]) -> dict[str, float]:

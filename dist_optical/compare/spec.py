@@ -176,7 +176,12 @@ def _typed(value: Any, kind: type, path: Path, key: str) -> Any:
     return value
 
 
-DIRECTION = "src->tgt"  # what the report's tables and plots show: foreign queries -> English targets
+# How a trained student is judged: its foreign sentences against the frozen teacher's pivot index
+# (an existing English/French index), and alone on both sides (what `SentenceTransformer(DIR)` gives).
+PROTOCOLS = {"idx": "student -> teacher index", "alone": "student alone"}
+DIRECTIONS = {"src->tgt": "foreign queries", "tgt->src": "pivot queries"}
+# What the report's tables and plots show: foreign queries against the teacher's index.
+PROTOCOL, DIRECTION = "idx", "src->tgt"
 
 
 def row_name(objective: str, pairs: int) -> str:

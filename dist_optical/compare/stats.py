@@ -3,15 +3,22 @@
 Both objectives answer the same queries, so the question is about their per-query difference: a
 query that one gets right and the other wrong counts, a query both get right (or wrong) does not.
 Seeds are pooled by averaging each query's correctness over the objective's seeds first.
+
+`verdict` turns an interval into what a reader may claim: a difference, an equivalence within a
+margin, or neither, with the number of queries that would decide it at the observed variance.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 RESAMPLES = 1000
+# Differences inside +-MARGIN points of acc@1 are too small to matter to a user: "equivalent".
+MARGIN = 1.5
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 
 def correct_at_1(ranks: Sequence[int]) -> np.ndarray:
@@ -49,6 +56,37 @@ def paired_bootstrap(
         "low": float(low),
         "high": float(high),
         "significant": bool(low > 0.0 or high < 0.0),
+        "sd": float(diff.std()),
         "queries": int(len(diff)),
         "resamples": resamples,
     }
+
+
+def queries_needed(diff: float, sd: float, margin: float = MARGIN) -> int | None:
+    """Queries at which a 95% interval of half-width Z95 * sd / sqrt(n) around ``diff`` would decide:
+    exclude 0 (n > (Z95 sd / |diff|)^2) or fit inside +-margin (n > (Z95 sd / (margin - |diff|))^2),
+    whichever comes first, taking the observed difference and spread as the truth (a normal
+    approximation). None when neither can happen (diff 0 with no spread is already decided)."""
+    gaps = [abs(diff), margin - abs(diff)]
+    needs = [(Z95 * sd / gap) ** 2 for gap in gaps if gap > 0]
+    return math.ceil(min(needs)) if needs and sd > 0 else None
+
+
+def verdict(test: dict[str, float], margin: float = MARGIN) -> dict[str, object]:
+    """One paired-bootstrap result -> {kind, text, interval, needed}:
+    - "better"/"worse": the interval excludes 0 ("better by X [lo, hi]");
+    - "equivalent": the interval lies inside +-margin;
+    - "undecided": neither; ``needed`` = `queries_needed` at the observed variance."""
+    interval = f"{test['diff']:+.1f} [{test['low']:+.1f}, {test['high']:+.1f}]"
+    if test["significant"]:
+        kind = "better" if test["diff"] > 0 else "worse"
+        text = f"{kind} by {abs(test['diff']):.1f} {interval}"
+        return {"kind": kind, "text": text, "interval": interval, "needed": None}
+    if -margin < test["low"] and test["high"] < margin:
+        text = f"equivalent within ±{margin:g} {interval}"
+        return {"kind": "equivalent", "text": text, "interval": interval, "needed": None}
+    needed = queries_needed(test["diff"], test["sd"], margin)
+    needed = needed and max(needed, test["queries"] + 1)  # the bootstrap, not the normal law, decides
+    more = f"~{needed:,} queries at this variance, has {test['queries']:,}" if needed else "more seeds"
+    text = f"undecided {interval}; would need {more}"
+    return {"kind": "undecided", "text": text, "interval": interval, "needed": needed}

@@ -62,8 +62,8 @@ class Evaluator:
         """Foreign queries by ``query_model``; pivot (English, French) targets by the teacher (its
         cached index), or by ``target_model`` (e.g. the student alone, as a `SentenceTransformer(DIR)`
         user has it).
-        ``ranks``, if given, receives each aligned set's 1-based gold rank per query (foreign ->
-        pivot): what a paired bootstrap over queries needs."""
+        ``ranks``, if given, receives each aligned set's 1-based gold rank per query in both
+        directions (``ranks[set]["src->tgt"]``): what a paired bootstrap over queries needs."""
         queries = self._embed_all(query_model, "queries")
         targets = self.targets if target_model is None else self._embed_all(target_model, "targets")
         results = {}
@@ -71,8 +71,11 @@ class Evaluator:
             if data.relevant is None:
                 results[name] = evaluate_parallel(queries[name], targets[name])
                 if ranks is not None:
-                    gold = torch.arange(len(data.queries))
-                    ranks[name] = gold_ranks(queries[name] @ targets[name].T, gold).tolist()
+                    gold, scores = torch.arange(len(data.queries)), queries[name] @ targets[name].T
+                    ranks[name] = {
+                        "src->tgt": gold_ranks(scores, gold).tolist(),
+                        "tgt->src": gold_ranks(scores.T, gold).tolist(),
+                    }
             else:
                 results[name] = evaluate_qrels(queries[name], targets[name], data.relevant, data.gains)
         return results

@@ -104,22 +104,30 @@ print("engines alive:", sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objec
     assert "engines alive: 0" in proc.stdout
 
 
-def test_dev_curve_is_logged_every_n_steps(tmp_path):
-    run_train(tmp_path, "train.max_steps=8", "train.eval_every=4", "train.dev_set=tatoeba-swh")
+def test_dev_curves_are_logged_every_n_steps_on_each_dev_set(tmp_path):
+    sets = (
+        "eval.sets=[{name: tatoeba, queries: tatoeba/tatoeba.swh-eng.swh, "
+        "targets: tatoeba/tatoeba.swh-eng.eng, max_pairs: 40}, "
+        "{name: rev, kind: bible, queries: bible/Swahili-NT.xml, "
+        "targets: bible/English-KJV-NT.xml, books: [REV], max_pairs: 40}]"
+    )
+    names = ["tatoeba", "rev"]
+    run_train(tmp_path, "train.max_steps=8", "train.eval_every=4", sets, "train.dev_sets=[tatoeba, rev]")
     metrics = read_metrics(tmp_path)
-    scored = [m["step"] for m in metrics if "dev/acc@1" in m]
-    assert scored == [4, 8]
-    assert all(0.0 <= m["dev/acc@1"] <= m["dev/mrr@10"] <= 100.0 for m in metrics if "dev/acc@1" in m)
+    for name in names:
+        scored = [m for m in metrics if f"dev/{name}/acc@1" in m]
+        assert [m["step"] for m in scored] == [4, 8]
+        assert all(0.0 <= m[f"dev/{name}/acc@1"] <= m[f"dev/{name}/mrr@10"] <= 100.0 for m in scored)
 
 
 def test_a_dev_set_that_is_not_an_eval_set_is_named(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", *train_args(tmp_path, "train.eval_every=4", "train.dev_set=nope")],
+        [sys.executable, "-m", *train_args(tmp_path, "train.eval_every=4", "train.dev_sets=[nope]")],
         env=cli_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     names = ", ".join(s.name for s in load_config(TINY).eval.sets)
     assert proc.returncode != 0
-    assert f"config key 'train.dev_set': expected one of eval.sets ({names})" in proc.stderr
+    assert f"config key 'train.dev_sets': expected one of eval.sets ({names})" in proc.stderr
 
 
 def test_collapse_warning_is_relative_to_the_start(caplog):
