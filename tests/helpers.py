@@ -46,20 +46,36 @@ def train_cmd(out: Path, *overrides: str, resume: str = "") -> list[str]:
     return [sys.executable, "-m", *train_args(out, *overrides, resume=resume)]
 
 
-def run_module(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m ARGS` in the test environment; a failure shows the tail of its stderr."""
-    proc = subprocess.run([sys.executable, "-m", *args], env=cli_env(), capture_output=True, text=True,
+def run_python(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """`python ARGS` (`-m MODULE ...`, `-c CODE`) from the repo root in the test environment.
+
+    check: a failure fails the test with the tail of its stderr; check=False hands back the result
+    whatever its exit status, for a test of a failure.
+    """
+    proc = subprocess.run([sys.executable, *args], env=cli_env(), capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT)  # fmt: skip
-    assert proc.returncode == 0, (
-        f"python -m {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    )
+    if check:
+        assert proc.returncode == 0, (
+            f"python {' '.join(args[:3])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
+def run_module(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m ARGS` (see `run_python`)."""
+    return run_python("-m", *args, timeout=timeout, check=check)
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m dist_optical ARGS`, whatever its exit status: for the tests of a failure."""
+    return run_module("dist_optical", *args, timeout=timeout, check=False)
+
+
 def run_train(
-    out: Path, *overrides: str, resume: str = "", timeout: int = 900
+    out: Path, *overrides: str, resume: str = "", timeout: int = 900, check: bool = True
 ) -> subprocess.CompletedProcess:
-    return run_module(*train_args(out, *overrides, resume=resume), timeout=timeout)
+    """`dist-optical train` of configs/tiny.yaml into ``out`` (see `run_python` for ``check``)."""
+    return run_module(*train_args(out, *overrides, resume=resume), timeout=timeout, check=check)
 
 
 def read_metrics(out: Path) -> list[dict]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, cli_env, read_metrics, run_train, train_cmd
+from helpers import TINY, cli, cli_env, read_metrics, run_train, train_cmd
 
 from dist_optical.config import REPO_ROOT
 
@@ -32,23 +32,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and "locks" not in p.parts and not p.name.endswith(".lock")
     }
-
-
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dist_optical", *args], env=cli_env(), cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-
-
-def train_args(out: Path, *overrides: str, resume: str = "") -> list[str]:
-    return [
-        "train",
-        "--config",
-        str(TINY),
-        "--out",
-        str(out),
-        *(["--resume", resume] if resume else []),
-        *overrides,
-    ]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -81,7 +64,7 @@ def test_resume_auto_without_a_readable_latest_continues_the_run(run_copy, damag
     latest.unlink() if damage == "missing" else latest.write_text("no such tag\x00")
     tag8 = snapshot(run_copy / "checkpoints" / "step000008")
     before = read_metrics(run_copy)
-    proc = cli(*train_args(run_copy, "train.max_steps=10", "train.save_every=4", resume="auto"))
+    proc = run_train(run_copy, "train.max_steps=10", "train.save_every=4", resume="auto", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and "step000008 at step 8" in proc.stderr
     assert read_metrics(run_copy)[:8] == before  # not rewritten from step 0
@@ -91,7 +74,7 @@ def test_resume_auto_without_a_readable_latest_continues_the_run(run_copy, damag
 # 2. train again into a folder with checkpoints, without --resume: refused, nothing touched.
 def test_a_fresh_start_on_a_runs_checkpoints_is_refused(finished):
     before = snapshot(finished)
-    proc = cli(*train_args(finished, "train.max_steps=8"))
+    proc = run_train(finished, "train.max_steps=8", check=False)
     one_line_error(proc, "already holds a run's checkpoints", "--resume auto", "new --out")
     assert snapshot(finished) == before
 
@@ -106,7 +89,7 @@ def test_a_second_process_on_a_run_folder_fails_at_once(tmp_path):
         while time.time() < deadline and not ((out / "metrics.jsonl").exists() and read_metrics(out)):
             time.sleep(0.2)
         started = time.time()
-        proc = cli(*train_args(out, "train.max_steps=400", resume="auto"))
+        proc = run_train(out, "train.max_steps=400", resume="auto", check=False)
         one_line_error(proc, "is in use by train rank 0", f"pid {first.pid}")
         assert time.time() - started < 120  # refused up front, not after a model load and a wait
     finally:
@@ -162,7 +145,7 @@ def altered_shards(tmp_path: Path) -> Path:
 def test_altered_shard_text_is_a_shard_error_naming_the_shard(tmp_path):
     shards = altered_shards(tmp_path)
     before = snapshot(shards)
-    proc = cli(*train_args(tmp_path / "run", f"data.shards={shards}", "train.max_steps=4"))
+    proc = run_train(tmp_path / "run", f"data.shards={shards}", "train.max_steps=4", check=False)
     one_line_error(proc, "swh-eng-000000.tar", "sha256")
     assert snapshot(shards) == before  # not rebuilt over, not "repaired"
 
@@ -170,7 +153,7 @@ def test_altered_shard_text_is_a_shard_error_naming_the_shard(tmp_path):
 def test_skipping_too_much_fails_at_the_end_without_nan(tmp_path):
     shards = altered_shards(tmp_path)
     out = tmp_path / "run"
-    proc = cli(*train_args(out, f"data.shards={shards}", "data.on_error=skip", "train.max_steps=4"))
+    proc = run_train(out, f"data.shards={shards}", "data.on_error=skip", "train.max_steps=4", check=False)
     one_line_error(proc, "skipped", "data.max_skip_fraction", "rebuild them with `dist-optical shard`")
     text = (out / "metrics.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text
@@ -184,7 +167,7 @@ def test_a_damaged_newest_tag_is_skipped_for_the_previous(run_copy):
     states = run_copy / "checkpoints" / "step000008" / "mp_rank_00_model_states.pt"
     states.write_bytes(states.read_bytes()[:1000])
     tag4 = snapshot(run_copy / "checkpoints" / "step000004")
-    proc = cli(*train_args(run_copy, "train.max_steps=8", "train.save_every=4", resume="auto"))
+    proc = run_train(run_copy, "train.max_steps=8", "train.save_every=4", resume="auto", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step000008 is damaged" in proc.stderr and "mp_rank_00_model_states.pt" in proc.stderr
     assert "step000004 at step 4" in proc.stderr
@@ -195,7 +178,7 @@ def test_no_complete_tag_is_a_clear_error(run_copy):
     for tag in ("step000004", "step000008"):
         (run_copy / "checkpoints" / tag / "dist_optical.json").unlink()
     before = snapshot(run_copy)
-    proc = cli(*train_args(run_copy, "train.max_steps=8", resume="auto"))
+    proc = run_train(run_copy, "train.max_steps=8", resume="auto", check=False)
     one_line_error(proc, "no complete checkpoint to resume from", "dist_optical.json is missing")
     assert snapshot(run_copy) == before
 
@@ -239,7 +222,9 @@ def test_a_non_finite_loss_stops_with_its_own_status(tmp_path):
     out = tmp_path / "nan"
     run_train(out, "train.max_steps=4")
     kept = snapshot(out / "checkpoints")
-    proc = cli(*train_args(out, "train.max_steps=12", "train.lr=1e30", "train.warmup_steps=0", resume="auto"))
+    proc = run_train(
+        out, "train.max_steps=12", "train.lr=1e30", "train.warmup_steps=0", resume="auto", check=False
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert (
         "Traceback" not in proc.stderr and "non-finite" in proc.stderr and "checkpoint is kept" in proc.stderr
@@ -262,7 +247,7 @@ def test_a_non_finite_loss_stops_with_its_own_status(tmp_path):
     ],
 )
 def test_bad_values_are_refused_up_front_naming_the_key_and_the_command_line(tmp_path, args, needles):
-    proc = cli(*train_args(tmp_path / "run", *args))
+    proc = run_train(tmp_path / "run", *args, check=False)
     one_line_error(proc, *needles)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -270,7 +255,7 @@ def test_bad_values_are_refused_up_front_naming_the_key_and_the_command_line(tmp
 def test_usage_mistakes_are_one_line_errors(tmp_path, finished):
     folder_file = tmp_path / "out-file"
     folder_file.write_text("I am a file")
-    one_line_error(cli(*train_args(folder_file)), "exists and is not a folder")
+    one_line_error(run_train(folder_file, check=False), "exists and is not a folder")
     assert folder_file.read_text() == "I am a file"
     one_line_error(
         cli("train", "--config", str(REPO_ROOT / "configs"), "--out", str(tmp_path / "r")), "is a folder"
@@ -364,7 +349,9 @@ def test_a_metrics_file_of_another_shape_is_named_not_a_traceback(tmp_path):
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"epoch": 1, "acc": 0.5}\n')
     one_line_error(
-        cli(*train_args(out, "train.max_steps=2", resume="auto")), "metrics.jsonl:1", "not a metrics line"
+        run_train(out, "train.max_steps=2", resume="auto", check=False),
+        "metrics.jsonl:1",
+        "not a metrics line",
     )
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "acc": 0.5}\n'
 
@@ -444,7 +431,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     one_line_error(
-        cli(*train_args(blocker / "run")), "could not write the run folder", "a file is in the way"
+        run_train(blocker / "run", check=False), "could not write the run folder", "a file is in the way"
     )
     assert blocker.read_text() == "not a folder"
 
@@ -659,14 +646,16 @@ def test_eval_options_are_range_checked(option, needle):
 def test_resume_from_another_runs_checkpoint_carries_its_vocabulary(finished, tmp_path):
     before = snapshot(finished)
     out = tmp_path / "continued"
-    proc = cli(*train_args(out, "train.max_steps=10", resume=str(finished / "checkpoints")))
+    proc = run_train(out, "train.max_steps=10", resume=str(finished / "checkpoints"), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "vocab.json").read_bytes() == (finished / "vocab.json").read_bytes()
     assert read_metrics(out)[-1]["step"] == 10 and snapshot(finished) == before
     source = tmp_path / "source"
     shutil.copytree(finished, source)
     (source / "vocab.json").unlink()
-    proc = cli(*train_args(tmp_path / "other", "train.max_steps=10", resume=str(source / "checkpoints")))
+    proc = run_train(
+        tmp_path / "other", "train.max_steps=10", resume=str(source / "checkpoints"), check=False
+    )
     one_line_error(proc, "vocab.json is missing", "model.trim_vocab")
 
 
@@ -717,7 +706,7 @@ def test_a_resume_on_an_edited_bitext_is_refused_naming_the_file(tmp_path):
     run_train(out, *data, "train.max_steps=4", "train.save_every=2")
     before = snapshot(out)
     (root / "a.eng").write_text("\n".join(en[::-1]) + "\n", encoding="utf-8")  # same lines, other pairs
-    proc = cli(*train_args(out, *data, "train.max_steps=8", resume="auto"))
+    proc = run_train(out, *data, "train.max_steps=8", resume="auto", check=False)
     one_line_error(proc, "cannot resume", "a.eng changed since the checkpoint")
     assert snapshot(out) == before
 
