@@ -4,11 +4,8 @@ and train() frees its engine, so that one process can train many students."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
-from helpers import TINY, cli_env, read_metrics, run_train, train_args
+from helpers import TINY, read_metrics, run_python, run_train
 
 from dist_optical.config import REPO_ROOT, load_config
 from dist_optical.data import ShardStream
@@ -92,15 +89,7 @@ for i in range(2):
 gc.collect()
 print("engines alive:", sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()))
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python("-c", script, timeout=300)
     assert "engines alive: 0" in proc.stdout
 
 
@@ -121,10 +110,7 @@ def test_dev_curves_are_logged_every_n_steps_on_each_dev_set(tmp_path):
 
 
 def test_a_dev_set_that_is_not_an_eval_set_is_named(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", *train_args(tmp_path, "train.eval_every=4", "train.dev_sets=[nope]")],
-        env=cli_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = run_train(tmp_path, "train.eval_every=4", "train.dev_sets=[nope]", timeout=600, check=False)
     names = ", ".join(s.name for s in load_config(TINY).eval.sets)
     assert proc.returncode != 0
     assert f"config key 'train.dev_sets': expected one of eval.sets ({names})" in proc.stderr
