@@ -78,8 +78,8 @@ def test_a_small_sample_is_undecided_and_says_how_many_queries_would_decide():
 def test_a_clear_difference_is_better_or_worse_by_its_interval():
     a = correct_at_1(ranks_with(600, 1000))
     b = correct_at_1(ranks_with(500, 1000))
-    assert verdict(paired_bootstrap([a], [b]))["text"].startswith("better by 10.0 +10.0 [")
-    assert verdict(paired_bootstrap([b], [a]))["text"].startswith("worse by 10.0 -10.0 [")
+    assert verdict(paired_bootstrap([a], [b]))["text"].startswith("better by 10.0 [+")
+    assert verdict(paired_bootstrap([b], [a]))["text"].startswith("worse by 10.0 [-")
 
 
 def test_the_power_estimate_on_a_known_binomial_case():

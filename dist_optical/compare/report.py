@@ -357,7 +357,7 @@ def verdicts(results: dict[str, Any], spec: Spec) -> dict[str, Any]:
                 continue
             for protocol, direction in VIEWS:
                 for objective, tests in cell.get(protocol, {}).get(direction, {}).items():
-                    if "vs infonce" in tests:
+                    if "vs infonce" in tests and spec.objectives[objective] is not None:
                         entry = out.setdefault(language, {}).setdefault(name, {}).setdefault(objective, {})
                         entry[f"{protocol}/{direction}"] = verdict(tests["vs infonce"])
     return out
@@ -414,7 +414,7 @@ def answer(judged: dict[str, Any]) -> list[str]:
                     tally[decided["kind"]] += 1
                     if decided["kind"] in found:
                         found[decided["kind"]].append(
-                            f"`{objective}` on {language} {name} ({_view_label(view)}: {decided['interval']})"
+                            f"`{objective}` on {language} {name} ({_view_label(view)}: {decided['text']})"
                         )
     if not counts:
         return []
