@@ -102,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--publish", type=Path, help="also copy report.md, plots and results.json here")
     compare.add_argument(
+        "--stop-after",
+        type=float,
+        default=0.0,
+        metavar="MIN",
+        help="start no run after MIN minutes, and report over the finished ones (run again to continue)",
+    )
+    compare.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="a published results.json (e.g. docs/results/results.json): its runs count as finished "
+        "where their config is unchanged",
+    )
+    compare.add_argument(
         "--cluster",
         choices=CLUSTERS,
         help="leave out to run every run here, one after another; else submit the unfinished runs as "
@@ -243,7 +257,11 @@ def _compare(args: argparse.Namespace) -> None:
         return
     from dist_optical.compare import run_compare
 
-    run_compare(args.config, args.out, args.publish)
+    if args.stop_after < 0:
+        raise UserError(f"command line (--stop-after {args.stop_after}): expected minutes >= 0")
+    if args.reuse is not None and not args.reuse.is_file():
+        raise UserError(f"command line (--reuse {args.reuse}): no such file")
+    run_compare(args.config, args.out, args.publish, args.stop_after * 60, args.reuse)
 
 
 COMMANDS = {

@@ -196,6 +196,25 @@ def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
     )
 
 
+def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_time(compared, tmp_path):
+    """--reuse: the published runs of an unchanged config count as finished (nothing retrained);
+    --stop-after: no run starts past the budget, and the report names the missing ones."""
+    spec, inline = compared
+    published = json.loads((inline / "results.json").read_text())
+    kept = [run for run in published["runs"] if run["objective"] != "infonce"]
+    reuse = tmp_path / "published.json"
+    reuse.write_text(json.dumps({**published, "runs": kept}), encoding="utf-8")
+    out = tmp_path / "carried"
+    proc = compare(spec, out, "--reuse", str(reuse), "--stop-after", "0.0001")
+    assert "reused 3 finished run(s)" in proc.stderr and proc.stderr.count("skipped (finished)") == 3
+    assert proc.stderr.count("not started (past --stop-after)") == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs_missing"] == ["swh/infonce/pairs-all/seed0", "swh/infonce/pairs-all/seed1"]
+    assert [run["results"] for run in results["runs"]] == [run["results"] for run in kept]
+    assert not list(out.rglob("metrics.jsonl"))  # nothing was trained
+    assert "**Partial: 3 of 5 planned runs are finished.**" in (out / "report.md").read_text()
+
+
 def test_a_job_array_reproduces_the_in_process_runs(compared, tmp_path):
     """On a fresh machine: the array's jobs start together on shard, teacher-cache and eval-cache
     folders none has built; one builds each, the others wait for it."""

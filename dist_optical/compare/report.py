@@ -129,6 +129,7 @@ def _header(results: dict[str, Any], spec: Spec) -> list[str]:
         + f" This invocation (started {results['started']}) took {results['wall_s'] / 60:.1f} min and reused "
         f"{results['runs_skipped']} finished runs.",
         "",
+        *_partial(results),
         "## Setup",
         "",
         f"- Base config `{spec.base}`; teacher `{model.get('teacher')}` (frozen, encodes the English side); "
@@ -172,6 +173,18 @@ def _header(results: dict[str, Any], spec: Spec) -> list[str]:
         "",
     ]
     return lines
+
+
+def _partial(results: dict[str, Any]) -> list[str]:
+    """A warning line when the grid stopped early (`compare --stop-after`): which runs are missing."""
+    missing = results.get("runs_missing", [])
+    if not missing:
+        return []
+    return [
+        f"**Partial: {results['runs_total']} of {results['runs_planned']} planned runs are finished.** "
+        f"Not yet run: {', '.join(missing)}. Every figure below is over the finished runs only.",
+        "",
+    ]
 
 
 def _table(rows: dict[str, Any], names: list[str], kinds: dict[str, str]) -> list[str]:

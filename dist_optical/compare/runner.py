@@ -28,7 +28,7 @@ from dist_optical.compare.spec import PROTOCOLS, RunKey, Spec, load_spec, plan
 from dist_optical.config import Config, ConfigError, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
 from dist_optical.engine.signals import StopRequest
-from dist_optical.files import atomic_write
+from dist_optical.files import write_json
 
 log = logging.getLogger("dist_optical.compare")
 
@@ -55,21 +55,38 @@ def checked_plan(spec_path: str | Path) -> tuple[Spec, list[RunKey], dict[RunKey
     return spec, keys, configs
 
 
-def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -> dict[str, Any]:
-    """Run (or skip) every planned run, then write results.json, report.md and the plots."""
+def run_compare(
+    spec_path: str | Path,
+    out: Path,
+    publish: Path | None = None,
+    stop_after_s: float = 0.0,
+    reuse: Path | None = None,
+) -> dict[str, Any]:
+    """Run (or skip) every planned run, then write results.json, report.md and the plots.
+
+    ``stop_after_s`` (0 = never): start no run after that many seconds, and report over the finished
+    ones (the report names the missing runs); the next invocation continues. ``reuse``: a published
+    results.json whose runs count as finished where their config is unchanged (a grid carried to
+    another machine)."""
     started, load_start = time.time(), os.getloadavg()
     spec, keys, configs = checked_plan(spec_path)
     languages = list(dict.fromkeys(key.language for key in keys))
     splits = {language: check_split(language, spec.language_config(language)) for language in languages}
+    if reuse is not None:
+        import_records(reuse, out, keys, configs)
 
-    records, skipped = [], 0
+    records, skipped, missing = [], 0, []
     for language in languages:
         evaluator = _LazyEvaluator(spec.language_config(language))
         for key in (k for k in keys if k.language == language):
             position = f"[{keys.index(key) + 1}/{len(keys)}]"
-            record, was_skipped = run_one(
-                key, configs[key], out / "runs" / key.folder(), evaluator, spec.keep_models
-            )
+            run_dir = out / "runs" / key.folder()
+            late = stop_after_s and time.time() - started > stop_after_s
+            if late and _finished(run_dir, config_hash(configs[key])) is None:
+                missing.append(key.folder())
+                log.info("%s not started (past --stop-after) %s", position, key.folder())
+                continue
+            record, was_skipped = run_one(key, configs[key], run_dir, evaluator, spec.keep_models)
             skipped += was_skipped
             records.append(record)
             log.info("%s %s %s", position, "skipped (finished)" if was_skipped else "done", key.folder())
@@ -83,6 +100,8 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
         "runs_wall_s": sum(r.get("train_wall_s", 0.0) + r["eval_wall_s"] for r in records),
         "runs_total": len(records),
         "runs_skipped": skipped,
+        "runs_planned": len(keys),
+        "runs_missing": missing,
         "cpus": os.cpu_count(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "grids": {name: vars(grid) for name, grid in spec.grids.items()},
@@ -96,7 +115,7 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
     }
     results["verdicts"] = verdicts(results, spec)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "results.json", results)
+    write_json(out / "results.json", results, "the comparison's results")
     files = write_report(results, spec, out)
     if publish is not None:
         publish.mkdir(parents=True, exist_ok=True)
@@ -107,6 +126,24 @@ def run_compare(spec_path: str | Path, out: Path, publish: Path | None = None) -
         "compare: %d runs (%d skipped) in %.1f min -> %s", len(records), skipped, results["wall_s"] / 60, out
     )
     return results
+
+
+def import_records(path: Path, out: Path, keys: list[RunKey], configs: dict[RunKey, Config]) -> None:
+    """Write the records of ``path`` (a results.json) into ``out``'s run folders as finished runs,
+    where the run is planned, not finished here, and was made from the same resolved config."""
+    try:
+        records = {r["folder"]: r for r in json.loads(path.read_text(encoding="utf-8"))["runs"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--reuse {path}: not a results.json of `dist-optical compare` ({err})") from err
+    imported = 0
+    for key in keys:
+        record, run_dir = records.get(key.folder()), out / "runs" / key.folder()
+        digest = config_hash(configs[key])
+        if record and record.get("config_hash") == digest and _finished(run_dir, digest) is None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / RESULT, record, "a reused compare result")
+            imported += 1
+    log.info("reused %d finished run(s) from %s", imported, path)
 
 
 def unfinished(out: Path, keys: list[RunKey], configs: dict[RunKey, Config]) -> list[RunKey]:
@@ -184,7 +221,7 @@ class _LazyEvaluator:
             from dist_optical.eval.evaluator import Evaluator
             from dist_optical.models.encoder import Encoder
 
-            teacher = Encoder.for_eval(self.cfg.model.teacher, self.cfg, tiny=True)
+            teacher = Encoder.for_eval(self.cfg.model.teacher, self.cfg)
             self._evaluator = Evaluator(self.cfg, teacher)
         return self._evaluator
 
@@ -241,7 +278,7 @@ def run_one(
     record["load_average"] = os.getloadavg()[0]
     record["results"] = results  # protocol -> set -> direction -> metric
     record["ranks"] = ranks  # protocol -> set -> direction -> gold rank per query: the paired bootstrap
-    write_json_atomic(result_path, record)  # last: from here on the run counts as finished
+    write_json(result_path, record, "a run's result")  # last: from here on the run counts as finished
     if key.trains and not keep_models:  # ~400 MB a run; the numbers are in result.json
         for name in ("checkpoints", "model"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -315,7 +352,3 @@ def run_settings(cfg: Config | None) -> dict[str, Any]:
         return {}
     full = config_to_dict(cfg)
     return {section: full[section] for section in ("model", "ot", "contrastive", "train")}
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=1) + "\n")

@@ -50,12 +50,11 @@ class Encoder:
         return cls(name_or_path, model, tokenizer, max_length, pooling, prefix)
 
     @classmethod
-    def for_eval(cls, name_or_path: str, cfg: Config, tiny: object = None) -> Encoder:
+    def for_eval(cls, name_or_path: str, cfg: Config) -> Encoder:
         """Encode as the run evaluates (eval.max_length, model.pooling and prefix). The config's own
         teacher or student (``model.teacher``/``model.student``) is built as training built it: with
         ``model.tiny`` set, its seeded random tiny weights; any other model (an exported student)
-        loads its own weights. ``tiny`` is ignored (the config decides): it goes once
-        compare/runner.py stops passing it."""
+        loads its own weights."""
         model = cfg.model
         configured = name_or_path in (model.teacher, model.student)
         return cls.load(
