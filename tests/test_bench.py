@@ -3,12 +3,10 @@ config's random BERT), run here into a temp folder, so that a renamed field brea
 than a benchmark nobody runs."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli_env
+from helpers import run_python
 
 from dist_optical.config import REPO_ROOT
 
@@ -17,9 +15,7 @@ RESULTS_MD = REPO_ROOT / "bench" / "RESULTS.md"
 
 def run_quick(script: str, out: Path, *args: str) -> tuple[dict, str]:
     """``python bench/SCRIPT.py --quick --out OUT ARGS``: the JSON it wrote and its stdout."""
-    cmd = [sys.executable, f"bench/{script}.py", "--quick", "--out", str(out), *args]
-    proc = subprocess.run(cmd, env=cli_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(f"bench/{script}.py", "--quick", "--out", str(out), *args)
     result = json.loads(out.read_text(encoding="utf-8"))
     env = result["env"]  # bench/common's one layout
     assert f"bench/{script}.py --quick" in env["command"]
