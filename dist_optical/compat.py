@@ -10,10 +10,15 @@ against (pinned in pyproject.toml) and the test that fails if an upgrade breaks 
   `fp32_partitioned_groups_flat` (stage 3) or the wrapped optimizer's param groups (stages 1, 2).
   Guarded by tests/train/test_multirank.py::test_every_zero_stage_trains_alike_on_two_ranks
   (the optimizer state it reports per rank, stages 0-3).
+- torch 2.13.0: whether oneDNN runs bf16 matmuls on this CPU (`torch.ops.mkldnn.
+  _is_mkldnn_bf16_supported`: AVX-512 or AMX); without it a bf16 matmul falls back to a reference
+  GEMM ~40x slower than fp32 (measured on an AVX2-only AMD EPYC: 100 s for a 2 s step). Guarded by
+  tests/test_compat.py::test_native_bf16_answers_for_this_machine.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -40,3 +45,11 @@ def zero_master_weights(engine) -> list[Tensor]:
     # ZeRO-3 keeps its fp32 partitions outside the base optimizer's param groups between steps.
     flat = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
     return list(flat) if flat else [p for group in base.param_groups for p in group["params"]]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively on ``device``: a CUDA GPU with bf16, or a CPU oneDNN
+    runs bf16 on."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -41,7 +41,7 @@ OTCost = Literal["cosine", "sqeuclidean"]
 OTMarginals = Literal["uniform", "idf"]
 OTGrad = Literal["envelope", "unrolled"]  # = ot.sinkhorn.GRAD_MODES (tested): ot/ stays free of config
 Pooling = Literal["mean", "cls"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "auto"]
 OnError = Literal["raise", "skip"]
 EvalKind = Literal["parallel", "bible", "clir"]
 TeacherCacheDtype = Literal["none", "fp32", "fp16"]
@@ -212,9 +212,11 @@ class TrainConfig:
     keep_last: int = setting(2, check=NONNEG)
     # DeepSpeed JSON (relative to the repo root unless absolute); batch/lr/clip fields come from here.
     deepspeed: str = "configs/ds/zero1.json"
-    # bf16 weights and activations, fp32 master weights in ZeRO's optimizer, loss math in fp32: 1.8x
-    # the fp32 step on a 2-core CPU with AVX-512 BF16; the export is the fp32 master copy.
-    precision: Precision = "bf16"
+    # bf16: bf16 weights and activations, fp32 master weights in ZeRO's optimizer, loss math in
+    # fp32 (1.8x the fp32 step on a 2-core CPU with AVX-512 BF16; the export is the fp32 master
+    # copy). auto: bf16 where the hardware runs bf16 matmuls natively (a bf16 GPU, a CPU with
+    # AVX-512 or AMX), else fp32: on an AVX2-only CPU a bf16 step is ~40x slower than fp32.
+    precision: Precision = "auto"
     # Read the frozen teacher's English outputs from a cache built once per shard set (beside the
     # shards; train/teacher_cache.py) instead of computing them every step: fp32 gives the live
     # teacher's numbers to float rounding, fp16 half the size; none = compute live (not "off":

@@ -8,15 +8,29 @@ the run config, or the mismatch is named.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import logging
 import resource
 from typing import Any
 
 import torch
 from torch import nn
 
-from dist_optical.compat import zero_master_weights
-from dist_optical.config import ConfigError, TrainConfig, repo_path
+from dist_optical.compat import native_bf16, zero_master_weights
+from dist_optical.config import Config, ConfigError, TrainConfig, repo_path
+
+log = logging.getLogger("dist_optical.deepspeed")
+
+
+def with_native_precision(cfg: Config, device: torch.device) -> Config:
+    """``cfg`` with ``train.precision: auto`` resolved for ``device`` (see `compat.native_bf16`), so
+    the run folder's config, its checkpoints and the teacher cache's key name what ran."""
+    if cfg.train.precision != "auto":
+        return cfg
+    precision = "bf16" if native_bf16(device) else "fp32"
+    log.info("train.precision auto -> %s on %s", precision, device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
 def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dist_optical.config import Config
 from dist_optical.engine import checkpoint, dist
-from dist_optical.engine.deepspeed import memory_footprint
+from dist_optical.engine.deepspeed import memory_footprint, with_native_precision
 from dist_optical.engine.signals import Preempted, StopRequest, follow_launcher
 from dist_optical.files import hold_lock, writing
 from dist_optical.models.encoder import Encoder
@@ -42,6 +42,7 @@ def train(cfg: Config, out: Path, resume: str = "", stop: StopRequest | None = N
     env = dist.setup()
     if env.source == "torchrun":  # torchrun or the deepspeed launcher started this rank
         follow_launcher()
+    cfg = with_native_precision(cfg, dist.device())
     checkpoint.check_run_folder(out)
     with writing(out, "the run folder"):
         out.mkdir(parents=True, exist_ok=True)
