@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -72,17 +73,17 @@ def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
 
 
 def student_lengths(
-    cfg: Config, manifests: list[Path], tokenizer: PreTrainedTokenizerBase
+    cfg: Config, pairs: Iterable[dict[str, str]], tokenizer: PreTrainedTokenizerBase
 ) -> list[int] | None:
     """Each training pair's foreign side in the student's tokens (truncated as in training): what
     length grouping sorts by, since the student's forward and backward are most of a step and
     characters per token vary by language. Logs the share that model.max_length keeps whole (warns
     under 99%). None with data.on_error=skip (a skipped pair has no length; grouping then falls back
-    to the manifest's character counts)."""
+    to the manifest's character counts). ``pairs``: the training pairs in sample-id order, as
+    train/prepare.py reads them."""
     if cfg.data.on_error == "skip":
         return None
-    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs)
-    texts = [cfg.model.prefix + pair["src"] for pair in stream]
+    texts = [cfg.model.prefix + pair["src"] for pair in pairs]
     whole = [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
     limit = cfg.model.max_length
     kept = sum(n <= limit for n in whole) / max(1, len(whole))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +110,19 @@ def device() -> torch.device:
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+@contextmanager
+def main_rank_first(is_main: bool) -> Iterator[None]:
+    """Run the block on the main rank first, then on the others: what the main rank builds there
+    (shards, RUN/vocab.json, the teacher cache), the others find built. One barrier, which the
+    others wait at before the block and the main rank after it (nothing alone). A main rank that
+    raises in the block never reaches the barrier: the launcher ends the waiting ranks."""
+    if not is_main:
+        barrier()
+    yield
+    if is_main:
+        barrier()
 
 
 def any_rank(flag: bool) -> bool:

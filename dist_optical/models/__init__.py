@@ -172,15 +172,15 @@ def student_name(model_cfg: ModelConfig) -> str:
 
 
 def load_student(
-    model_cfg: ModelConfig, kept_ids: Tensor | None = None
+    model_cfg: ModelConfig, kept_ids: Tensor | None = None, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The one way to build the student (training, resume, export): its weights (a tiny test model is
-    seeded, so it equals the teacher's), checked against its tokenizer, the vocabulary trimmed to
-    ``kept_ids`` when given (models/vocab.py)."""
+    seeded, so it equals the teacher's), checked against its tokenizer (``tokenizer`` if the caller
+    has loaded it already), the vocabulary trimmed to ``kept_ids`` when given (models/vocab.py)."""
     from dist_optical.models.vocab import trim_vocab
 
     name = student_name(model_cfg)
-    tokenizer = load_tokenizer(name)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name)
     student = load_encoder(name, model_cfg.tiny, vocab_size=len(tokenizer))
     check_tokenizer_fits(tokenizer, student, f"model.student {name!r}")
     if kept_ids is not None:

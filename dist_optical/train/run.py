@@ -1,12 +1,13 @@
 """Everything a training run needs before its first step, built once into a `Run`: the run folder's
-checkpoint to resume from, the shards, the models, the DeepSpeed engine, the stream, the objective,
-the dev curve and the metrics logger. The loop (train/loop.py) only reads it and advances it.
+checkpoint to resume from, the shards, what the training pairs give (train/prepare.py: the trimmed
+vocabulary, student lengths, idf tables, the teacher cache's texts), the models, the DeepSpeed
+engine, the stream, the objective, the dev curve and the metrics logger. The loop (train/loop.py)
+only reads it and advances it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,10 @@ from transformers import PreTrainedTokenizerBase
 from dist_optical.config import Config, config_hash, config_to_dict, save_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream
 from dist_optical.data.collate import tokenize
-from dist_optical.data.prepare import ensure_shards, input_sha256s, student_lengths, training_stream
+from dist_optical.data.prepare import ensure_shards, input_sha256s, training_stream
 from dist_optical.engine import checkpoint, dist
 from dist_optical.engine.collectives import all_gather_with_grad
 from dist_optical.engine.deepspeed import build_ds_config, partition_teacher, wrap_student
-from dist_optical.eval.sets import load_eval_set
-from dist_optical.files import atomic_write
 from dist_optical.models import (
     Encoded,
     check_tokenizer_fits,
@@ -36,10 +35,10 @@ from dist_optical.models import (
     student_name,
 )
 from dist_optical.models.encoder import Encoder
-from dist_optical.models.vocab import VOCAB_FILE, VocabError, run_kept_ids, save_kept_ids, used_ids
-from dist_optical.objectives import Objective, idf_table, needs
+from dist_optical.objectives import Objective
 from dist_optical.train.devcurve import DevCurve
 from dist_optical.train.metrics import MetricsLogger
+from dist_optical.train.prepare import prepare_run
 from dist_optical.train.teacher_cache import TeacherCache, open_cache
 
 log = logging.getLogger("dist_optical.train")
@@ -122,11 +121,12 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
     if found is None:
         checkpoint.refuse_fresh_start(out)
     inputs = input_sha256s(cfg)
-    manifests = ensure_shards(cfg, build=env.is_main)
-    dist.barrier()  # the other ranks read the shards the main rank built
+    with dist.main_rank_first(env.is_main):  # the other ranks read the shards the main rank built
+        manifests = ensure_shards(cfg, build=env.is_main)
     source = found[0].parent if found is not None else None  # the run folder of the checkpoint
-    kept_ids = student_vocab(cfg, out, manifests, source, is_main=env.is_main)
-    teacher, teacher_tok, student, student_tok = build_models(cfg, kept_ids)
+    tokenizers = load_tokenizers(cfg)
+    prepared = prepare_run(cfg, out, manifests, source, env.is_main, *tokenizers)
+    teacher, teacher_tok, student, student_tok = build_models(cfg, prepared.kept_ids, tokenizers)
     ds_config = build_ds_config(cfg.train, env.world_size)
     if found is not None:  # at another world size, ZeRO state is loaded through a universal checkpoint
         load_dir, tag, universal = checkpoint.prepare_elastic(*found, env.world_size, env.is_main)
@@ -139,13 +139,11 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
     specials = {"teacher": special_ids(teacher_tok), "student": special_ids(student_tok)}
     teacher_cache = None
     if cfg.train.teacher_cache != "none":  # built (if missing) by the main rank, then opened by the others
-        if env.is_main:
-            teacher_cache = open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
-        dist.barrier()
-        if not env.is_main:
-            teacher_cache = open_cache(cfg, manifests, teacher, teacher_tok, specials["teacher"])
-    lengths = student_lengths(cfg, manifests, student_tok) if cfg.data.length_window else None
-    stream = training_stream(cfg, manifests, env.rank, env.world_size, lengths)
+        with dist.main_rank_first(env.is_main):
+            teacher_cache = open_cache(
+                cfg, manifests, teacher, teacher_tok, specials["teacher"], prepared.pivots
+            )
+    stream = training_stream(cfg, manifests, env.rank, env.world_size, prepared.lengths)
     loader = ShardLoader(
         stream,
         batch_size=cfg.train.micro_batch_size,
@@ -174,7 +172,7 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
         student_tok=student_tok,
         stream=stream,
         loader=loader,
-        objective=build_objective(cfg, manifests, teacher_tok, student_tok, env),
+        objective=build_objective(cfg, env, prepared.teacher_idf, prepared.student_idf),
         logger=MetricsLogger(out, enabled=env.is_main, resume_step=step),
         dev=DevCurve(cfg, Encoder(cfg.model.teacher, teacher, teacher_tok, **encoding(cfg)))
         if cfg.train.eval_every
@@ -187,28 +185,33 @@ def setup_run(cfg: Config, out: Path, resume: str, env: dist.DistEnv) -> Run:
     )
 
 
-def build_models(cfg: Config, kept_ids: Tensor | None = None):
+def load_tokenizers(cfg: Config) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
+    """The teacher's and the student's tokenizers."""
+    return load_tokenizer(cfg.model.teacher), load_tokenizer(student_name(cfg.model))
+
+
+def build_models(
+    cfg: Config,
+    kept_ids: Tensor | None = None,
+    tokenizers: tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase] | None = None,
+):
     """Frozen teacher + trainable student (initialised from the teacher unless model.student is set;
-    its vocabulary trimmed to ``kept_ids`` when given)."""
-    teacher_tok = load_tokenizer(cfg.model.teacher)
+    its vocabulary trimmed to ``kept_ids`` when given), with their tokenizers (``tokenizers``, the
+    teacher's and the student's, if already loaded)."""
+    teacher_tok, student_tok = tokenizers if tokenizers is not None else load_tokenizers(cfg)
     teacher = freeze(load_encoder(cfg.model.teacher, cfg.model.tiny, vocab_size=len(teacher_tok)))
     check_tokenizer_fits(teacher_tok, teacher, f"model.teacher {cfg.model.teacher!r}")
-    student, student_tok = load_student(cfg.model, kept_ids)
+    student, student_tok = load_student(cfg.model, kept_ids, student_tok)
     if cfg.model.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
     return teacher, teacher_tok, student, student_tok
 
 
 def build_objective(
-    cfg: Config, manifests: list[Path], teacher_tok, student_tok, env: dist.DistEnv
+    cfg: Config, env: dist.DistEnv, teacher_idf: Tensor | None = None, student_idf: Tensor | None = None
 ) -> Objective:
     """The loss terms, with a cross-rank all-gather for the in-batch negatives and, for the OT terms
-    with idf marginals, idf tables over the training pairs."""
-    teacher_idf = student_idf = None
-    if needs(cfg.loss, "ot_plan") and cfg.ot.marginals == "idf":
-        teacher_idf, student_idf = idf_tables(
-            manifests, cfg.data.max_pairs, teacher_tok, student_tok, cfg.model.max_length, cfg.data.on_error
-        )
+    with idf marginals, the idf tables over the training pairs (train/prepare.py)."""
     return Objective(
         cfg.loss,
         cfg.ot,
@@ -225,55 +228,3 @@ def encoding(cfg: Config) -> dict[str, Any]:
     """How the run encodes text for retrieval (the dev curve, eval, the exported model): the eval
     truncation, pooling, prefix."""
     return {"max_length": cfg.eval.max_length, "pooling": cfg.model.pooling, "prefix": cfg.model.prefix}
-
-
-def run_texts(cfg: Config, manifests: list[Path]) -> Iterator[str]:
-    """Every text the student may encode in this run: both sides of the training pairs and of every
-    eval set, prefixed as the student sees them."""
-    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs, on_error=cfg.data.on_error)
-    for pair in stream:
-        yield cfg.model.prefix + pair["src"]
-        yield cfg.model.prefix + pair["tgt"]
-    for eval_set in cfg.eval.sets:
-        data = load_eval_set(cfg, eval_set)
-        yield from (cfg.model.prefix + text for text in data.queries + data.targets)
-
-
-def student_vocab(cfg: Config, out: Path, manifests: list[Path], source: Path | None, is_main: bool):
-    """The kept rows of a trimmed student: computed on a fresh run (main rank) into RUN/vocab.json;
-    a resumed run (any world size) and `export` read them back from there. A run resumed from
-    another run's checkpoint (``source``) carries that run's vocab.json into ``out`` first."""
-    if not cfg.model.trim_vocab:
-        return None
-    path = out / VOCAB_FILE
-    if is_main and source is None:
-        kept = used_ids(load_tokenizer(student_name(cfg.model)), run_texts(cfg, manifests))
-        save_kept_ids(path, kept, student_name(cfg.model))
-        log.info("trimmed the student's vocabulary to the %d rows this run's texts use", len(kept))
-    elif is_main and source.resolve() != out.resolve() and not path.exists():
-        carry_vocab(source / VOCAB_FILE, path)
-    dist.barrier()
-    return run_kept_ids(cfg.model.trim_vocab, out)
-
-
-def carry_vocab(source: Path, path: Path) -> None:
-    """The checkpoint's rows are those of its own run's vocabulary: without it they cannot be rebuilt."""
-    if not source.is_file():
-        raise VocabError(
-            f"--resume from {source.parent}: {source} is missing, and a model.trim_vocab checkpoint's rows "
-            "mean nothing without it (resume with the whole run folder, or train from scratch)"
-        )
-    atomic_write(path, source.read_bytes(), "the run's vocabulary")
-    log.info("carried %s into %s (the checkpoint's trimmed vocabulary)", source, path)
-
-
-def idf_tables(
-    manifests: list[Path], max_pairs: int, teacher_tok, student_tok, max_length: int, on_error: str = "raise"
-) -> tuple[Tensor, Tensor]:
-    """(teacher vocab,), (student vocab,) idf over the training pairs (the first ``max_pairs`` of each
-    manifest, the ones the stream trains on): English by the teacher's tokenizer, foreign by the
-    student's, truncated as in training."""
-    pairs = list(ShardStream(manifests, shuffle=False, max_pairs=max_pairs, on_error=on_error))
-    teacher_ids = teacher_tok([p["tgt"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
-    student_ids = student_tok([p["src"] for p in pairs], truncation=True, max_length=max_length)["input_ids"]
-    return idf_table(teacher_ids, len(teacher_tok)), idf_table(student_ids, len(student_tok))

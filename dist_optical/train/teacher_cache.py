@@ -27,9 +27,9 @@ from transformers import PreTrainedTokenizerBase
 
 from dist_optical.artifacts import build_once
 from dist_optical.config import Config, repo_path
-from dist_optical.data import ShardStream
 from dist_optical.data.collate import tokenize
 from dist_optical.models import Encoded, encode, pool, tokenizer_digest, weights_digest
+from dist_optical.train.prepare import pivot_texts, read_pairs
 
 BUILD_BATCH = 64
 
@@ -93,15 +93,19 @@ def open_cache(
     teacher: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     special: Tensor,
+    pivots: set[str] | None = None,
 ) -> TeacherCache:
     """The cache for this run's teacher and shards: opened if built and intact, else built first (a
-    damaged one is moved aside; a build in progress elsewhere is waited for, train.build_wait)."""
+    damaged one is moved aside; a build in progress elsewhere is waited for, train.build_wait).
+    A build encodes ``pivots``, the distinct pivot texts of the training pairs (train/prepare.py),
+    or, when not given, reads them from the shards."""
     key = cache_key(cfg, teacher, tokenizer, manifests)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = repo_path(cfg.data.shards) / "teacher-cache" / digest
 
     def build(tmp: Path) -> dict[str, Any]:
-        return {**key, "texts": _build(tmp, cfg, manifests, teacher, tokenizer, special)}
+        texts = pivots if pivots is not None else pivot_texts(read_pairs(cfg, manifests))
+        return {**key, "texts": _build(tmp, cfg, texts, teacher, tokenizer, special)}
 
     build_once(folder, build, "the teacher cache", wait=cfg.train.build_wait)
     return TeacherCache(folder, tokenizer.pad_token_id or 0, cfg.model.pooling)
@@ -110,14 +114,13 @@ def open_cache(
 def _build(
     folder: Path,
     cfg: Config,
-    manifests: list[Path],
+    pivots: set[str],
     teacher: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     special: Tensor,
 ) -> int:
-    """Write the cache's arrays into ``folder``; returns the number of English texts."""
-    stream = ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs, on_error=cfg.data.on_error)
-    texts = sorted({pair["tgt"] for pair in stream}, key=len)  # by length: batches pad little
+    """Write the cache's arrays for the texts ``pivots`` into ``folder``; returns their number."""
+    texts = sorted(pivots, key=len)  # by length: batches pad little
     dtype = np.float16 if cfg.train.teacher_cache == "fp16" else np.float32
     device = next(teacher.parameters()).device
     tokens, input_ids, real, offsets = [], [], [], [0]

@@ -14,17 +14,17 @@ from dist_optical.files import read_lines
 from dist_optical.models import load_tokenizer
 from dist_optical.models.encoder import Encoder
 from dist_optical.objectives import idf_table
-from dist_optical.train.run import idf_tables
+from dist_optical.train.prepare import idf_tables, read_pairs
 
 ENGLISH = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "tatoeba.swh-eng.eng"
 
 
-def test_idf_tables_count_the_training_pairs_only():
-    cfg = load_config(TINY)
+def test_idf_tables_count_the_training_pairs_only(tmp_path):
+    cfg = load_config(TINY, [f"data.shards={tmp_path}", "data.max_pairs=8"])
     manifest = ensure_shards(cfg)
     tok = load_tokenizer(cfg.model.teacher)
-    teacher_idf, student_idf = idf_tables(manifest, 8, tok, tok, 32)
-    pairs = list(ShardStream(manifest, shuffle=False, max_pairs=8))
+    pairs = read_pairs(cfg, manifest)
+    teacher_idf, student_idf = idf_tables(pairs, tok, tok, 32)
     assert len(pairs) == 8 * len(cfg.data.bitexts)
     english = [tok(p["tgt"], truncation=True, max_length=32)["input_ids"] for p in pairs]
     torch.testing.assert_close(teacher_idf, idf_table(english, len(tok)))
@@ -33,14 +33,14 @@ def test_idf_tables_count_the_training_pairs_only():
     assert len(everything) > len(pairs)  # so the tables above did leave pairs out
 
 
-def test_length_grouping_sorts_by_the_students_tokens():
+def test_length_grouping_sorts_by_the_students_tokens(tmp_path):
     from dist_optical.data.prepare import student_lengths, training_stream
 
-    cfg = load_config(TINY)
+    cfg = load_config(TINY, [f"data.shards={tmp_path}"])
     manifests = ensure_shards(cfg)
     tok = load_tokenizer(cfg.model.teacher)  # the tiny student shares the teacher's tokenizer
-    lengths = student_lengths(cfg, manifests, tok)
     pairs = list(ShardStream(manifests, shuffle=False, max_pairs=cfg.data.max_pairs))
+    lengths = student_lengths(cfg, pairs, tok)
     expected = [
         len(tok(p["src"], truncation=True, max_length=cfg.model.max_length)["input_ids"]) for p in pairs
     ]
@@ -50,7 +50,7 @@ def test_length_grouping_sorts_by_the_students_tokens():
     for lo in range(0, len(order) - window + 1, window):  # each window sorted, one way or the other
         block = [lengths[i] for i in order[lo : lo + window]]
         assert block in (sorted(block), sorted(block, reverse=True))
-    assert student_lengths(load_config(TINY, ["data.on_error=skip"]), manifests, tok) is None
+    assert student_lengths(load_config(TINY, ["data.on_error=skip"]), pairs, tok) is None
 
 
 def english_drift(run_dir, cfg) -> float:
