@@ -185,7 +185,7 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from dist_optical.eval.evaluator import format_table
     from dist_optical.eval.metrics import evaluate_parallel
-    from dist_optical.files import atomic_write, read_lines
+    from dist_optical.files import read_lines, write_json
     from dist_optical.models.encoder import Encoder
     from dist_optical.models.package import exported_meta
 
@@ -217,7 +217,7 @@ def _eval(args: argparse.Namespace) -> None:
     print(format_table({args.model: {args.queries.stem: results}}, "src->tgt"))
     print(format_table({args.model: {args.queries.stem: results}}, "tgt->src"))
     if args.json:
-        atomic_write(args.json, json.dumps(results, indent=2))
+        write_json(args.json, results, "the evaluation results")
 
 
 def check_eval_options(args: argparse.Namespace) -> None:

@@ -96,9 +96,10 @@ def atomic_write(path: Path, data: str | bytes, what: str = "the file") -> None:
         raise
 
 
-def write_json(path: Path, obj: Any, what: str = "the file") -> None:
-    """``obj`` as indented JSON, written atomically (fsynced; NaN refused: it is not JSON)."""
-    atomic_write(path, json.dumps(obj, indent=1, allow_nan=False) + "\n", what)
+def write_json(path: Path, obj: Any, what: str = "the file", indent: int | None = 1) -> None:
+    """``obj`` as JSON (``indent`` None: one line, for long lists), written atomically (fsynced; NaN
+    refused: it is not JSON). The project's one JSON file writer."""
+    atomic_write(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n", what)
 
 
 class TextFileError(UserError):

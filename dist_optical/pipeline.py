@@ -9,13 +9,12 @@ Both are scored both ways: foreign queries -> pivot targets, and pivot queries -
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from dist_optical.config import Config, ConfigError
 from dist_optical.eval.evaluator import Evaluator, Results, format_table
-from dist_optical.files import atomic_write
+from dist_optical.files import write_json
 from dist_optical.models.encoder import Encoder
 from dist_optical.models.package import exported_meta, write_card
 
@@ -55,7 +54,7 @@ def _run_pipeline(cfg: Config, out: Path, resume: str) -> dict[str, Results]:
     rows["trained student alone"] = evaluator(student, target_model=student)
 
     report = {"run_dir": str(out), "steps": summary["steps"], "results": rows}
-    atomic_write(out / "eval.json", json.dumps(report, indent=2))
+    write_json(out / "eval.json", report, "the run's evaluation")
     model_dir = Path(summary["model"])
     write_card(model_dir, exported_meta(model_dir), rows)
     pairs = ", ".join(dict.fromkeys(b.pair for b in cfg.data.bitexts))

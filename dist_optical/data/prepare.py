@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dist_optical.config import BitextConfig, Config, data_path, repo_path
 from dist_optical.data.bitext import BitextError
-from dist_optical.data.shards import MANIFEST, build_shards, shards_ready
+from dist_optical.data.shards import MANIFEST, build_shards
 from dist_optical.data.stream import ShardStream
 from dist_optical.files import input_sha256
 
@@ -52,9 +52,10 @@ def input_sha256s(cfg: Config) -> dict[str, str]:
 
 
 def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
-    """One manifest per bitext of ``data.bitexts``, built where missing or stale when ``build`` (the
-    main rank; the others wait at a barrier, then read). Shards live on a filesystem all ranks share
-    (the run's repo or a cluster scratch path)."""
+    """One manifest per bitext of ``data.bitexts``; when ``build`` (the main rank; the others wait at
+    a barrier, then read), each folder is checked and built where missing or damaged (build_shards:
+    artifacts.build_once; another job's build in progress is waited for, up to train.build_wait).
+    Shards live on a filesystem all ranks share (the run's repo or a cluster scratch path)."""
     manifests = []
     for bitext in cfg.data.bitexts:
         out = shard_folder(cfg, bitext)
@@ -66,8 +67,8 @@ def ensure_shards(cfg: Config, build: bool = True) -> list[Path]:
             max_chars=cfg.data.max_chars,
             exclude_books=tuple(cfg.data.exclude_books),
         )
-        if build and not shards_ready(out, inputs, **args):
-            build_shards(inputs, out, **args, wait=cfg.train.build_wait)  # another job's build: waited for
+        if build:
+            build_shards(inputs, out, **args, wait=cfg.train.build_wait)
         manifests.append(out / MANIFEST)
     return manifests
 

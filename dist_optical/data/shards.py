@@ -3,12 +3,14 @@
 Shard format: ``{prefix}-{000000}.tar``; one sample per pair with ``__key__`` (the pair key made
 webdataset-safe), ``id.txt`` (the original key), ``src.txt`` and ``tgt.txt`` (UTF-8).
 
-Crash safety: a build writes into a fresh temporary folder beside ``out_dir`` (each shard fsynced,
-the manifest last) and swaps it in only when complete: a crash at any point leaves the previous
-build intact. A folder is "built" when its manifest exists, and then every shard it lists is
-complete. The build holds a lock beside the folder (a second build fails at once), refuses a folder
-holding files no build wrote, and deletes nothing but its own temp folder and the files the previous
-build's manifest lists.
+A shard folder is a built artifact (``artifacts.build_once``, keyed by ``shard_key``: the inputs'
+sha256s and the arguments that change the shards): written into a temp folder beside ``out_dir``
+under a lock (another build in progress: fail at once, or wait ``wait`` s and use its result),
+marked complete last (`artifact.json`: each file's size and sha256), checked on every open, moved
+aside and rebuilt when damaged, and swapped in for a build of other inputs or arguments, whose
+files alone are then deleted: a crash at any point leaves the previous build intact, and a folder
+holding files no build wrote is refused. A folder from before markers (a manifest and exactly the
+shards it lists, all matching it) is marked in place, not rebuilt. Readers read the manifest.
 """
 
 from __future__ import annotations
@@ -18,11 +20,8 @@ import hashlib
 import io
 import json
 import multiprocessing
-import os
 import re
-import shutil
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,8 +33,9 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
+from dist_optical import artifacts
 from dist_optical.errors import UserError
-from dist_optical.files import atomic_write, hold_lock, input_sha256, write_json, writing
+from dist_optical.files import atomic_write, input_sha256, sha256_file, write_json
 
 from .bitext import BitextError, Pair, read_bitext
 
@@ -150,6 +150,8 @@ def build_shards(
     """Read one bitext source (see ``read_bitext``), drop empty / over-long pairs, write tar shards and
     the manifest into ``out_dir``; returns the manifest. ``workers > 1`` writes shards in parallel
     processes (one task per shard). All pairs are held in memory: fine for bitext of a few million pairs.
+    ``out_dir`` already holding a complete build of the same inputs and arguments (``shard_key``) is
+    opened as it is; a build of others is replaced (module docstring).
     ``wait``: seconds to wait for another build of ``out_dir`` in progress (0: fail at once), whose
     result is then used when it is a build of the same inputs and arguments.
     """
@@ -167,14 +169,35 @@ def build_shards(
         "prefix": prefix,
         "workers": workers,
     }
+    built: list[dict[str, Any]] = []
+
+    def build(tmp: Path) -> dict[str, Any]:
+        built.append(_write_build(tmp, inputs, args))
+        return {}
+
     start = time.perf_counter()
+    key = shard_key(inputs, **{name: args[name] for name in _CONTENT_ARGS})
+    artifacts.build_once(out_dir, build, "the shards", wait, key=key, adopt=_adopt)
+    if not built:  # a complete build of the same inputs and arguments: opened as it is
+        return load_manifest(out_dir)
+    manifest = built[0]
+    print(
+        f"wrote {manifest['total_pairs']} pairs in {len(manifest['shards'])} shards to {out_dir} "
+        f"({time.perf_counter() - start:.1f} s); dropped empty={manifest['dropped']['empty']} "
+        f"too_long={manifest['dropped']['too_long']}; skipped {manifest['skipped'] or 'none'}"
+    )
+    return manifest
+
+
+def _write_build(tmp: Path, inputs: list[Path], args: dict[str, Any]) -> dict[str, Any]:
+    """The shards and the manifest of ``inputs``, written into the empty folder ``tmp``."""
     skipped: Counter = Counter()
     dropped = {"empty": 0, "too_long": 0}
     pairs: list[Pair] = []
-    for pair in read_bitext(inputs, exclude_books, counts=skipped):
+    for pair in read_bitext(inputs, args["exclude_books"], counts=skipped):
         if not pair.src.strip() or not pair.tgt.strip():
             dropped["empty"] += 1
-        elif max_chars > 0 and max(len(pair.src), len(pair.tgt)) > max_chars:
+        elif args["max_chars"] > 0 and max(len(pair.src), len(pair.tgt)) > args["max_chars"]:
             dropped["too_long"] += 1
         else:
             pairs.append(pair)
@@ -184,48 +207,57 @@ def build_shards(
             f"too_long={dropped['too_long']}; skipped {dict(skipped) or 'none'}): expected at least one"
         )
     _check_unique_keys(pairs, inputs)
-    chunks = plan_shards(pairs, pairs_per_shard, max_shard_bytes)
-
-    lock = out_dir.parent / f".{out_dir.name}.lock"
-    with writing(out_dir, "the shards"), hold_lock(lock, f"shard {out_dir}", wait):
-        if wait and shards_ready(out_dir, inputs, **args):  # built by the job this one waited for
-            return load_manifest(out_dir)
-        foreign = _foreign_files(out_dir)
-        if foreign:
-            raise ShardFolderError(
-                f"{out_dir} holds files no shard build wrote ({', '.join(foreign[:5])}"
-                f"{', ...' if len(foreign) > 5 else ''}): shard into a new folder, or one only "
-                "`dist-optical shard` wrote"
-            )
-        build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
-        build.chmod(0o755)  # mkdtemp's 0700 would hide the shards from other readers
-        try:
-            tasks = [(build / f"{prefix}-{i:06d}.tar", chunk) for i, chunk in enumerate(chunks)]
-            entries = _write_all(tasks, workers, prefix)
-            manifest = {
-                "format": FORMAT,
-                "version": VERSION,
-                "src_lang": src_lang,
-                "tgt_lang": tgt_lang,
-                "total_pairs": len(pairs),
-                "shards": entries,
-                "sources": [{"path": str(p.resolve()), "sha256": input_sha256(p)} for p in inputs],
-                "dropped": dropped,
-                "skipped": dict(sorted(skipped.items())),
-                "args": args,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            write_json(build / MANIFEST, manifest, "the shard manifest")
-            _swap_in(build, out_dir)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)  # only this build's own temp folder
-            raise
-    seconds = time.perf_counter() - start
-    print(
-        f"wrote {len(pairs)} pairs in {len(entries)} shards to {out_dir} ({seconds:.1f} s); "
-        f"dropped empty={dropped['empty']} too_long={dropped['too_long']}; skipped {dict(skipped) or 'none'}"
-    )
+    chunks = plan_shards(pairs, args["pairs_per_shard"], args["max_shard_bytes"])
+    prefix = args["prefix"]
+    tasks = [(tmp / f"{prefix}-{i:06d}.tar", chunk) for i, chunk in enumerate(chunks)]
+    entries = _write_all(tasks, args["workers"], prefix)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "src_lang": args["src_lang"],
+        "tgt_lang": args["tgt_lang"],
+        "total_pairs": len(pairs),
+        "shards": entries,
+        "sources": [{"path": str(p.resolve()), "sha256": input_sha256(p)} for p in inputs],
+        "dropped": dropped,
+        "skipped": dict(sorted(skipped.items())),
+        "args": args,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(tmp / MANIFEST, manifest, "the shard manifest")
     return manifest
+
+
+def shard_key(
+    inputs: Sequence[Path | str],
+    src_lang: str,
+    tgt_lang: str,
+    pairs_per_shard: int = 1000,
+    max_shard_bytes: int = 0,
+    max_chars: int = 1000,
+    exclude_books: Iterable[str] = (),
+    prefix: str | None = None,
+) -> dict[str, Any]:
+    """What a shard folder's content is a function of (its marker's ``key``): the format version, the
+    inputs' sha256s and the arguments of ``build_shards`` that change the shards."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "sources": [input_sha256(Path(p)) for p in inputs],
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "pairs_per_shard": pairs_per_shard,
+        "max_shard_bytes": max_shard_bytes,
+        "max_chars": max_chars,
+        "exclude_books": list(exclude_books),
+        "prefix": prefix or f"{src_lang}-{tgt_lang}",
+    }
+
+
+def shards_ready(out_dir: Path | str, inputs: Sequence[Path | str], *args: Any, **kwargs: Any) -> bool:
+    """True when ``out_dir`` holds a complete build of ``inputs`` with these arguments (those of
+    ``shard_key``; left out: their defaults), which ``build_shards`` would open as it is."""
+    return artifacts.ready(Path(out_dir), shard_key(inputs, *args, **kwargs))
 
 
 class ShardFolderError(UserError):
@@ -249,28 +281,42 @@ def _write_all(tasks: list[tuple[Path, list[Pair]]], workers: int, prefix: str) 
     return entries
 
 
-def _foreign_files(out_dir: Path) -> list[str]:
-    """Files in ``out_dir`` that its manifest does not list (all of them, without a manifest)."""
-    if not out_dir.exists():
-        return []
+def _adopt(out_dir: Path) -> dict[str, Any] | None:
+    """A folder without a marker (artifacts.build_once's ``adopt``): a build by a version from before
+    shard folders had one (its manifest and exactly the shards it lists, each of its recorded size and
+    sha256) -> its marker's meta, keyed as its manifest says it was built; a manifest or shard that
+    does not match -> None (damaged: moved aside); any other file -> refused, untouched."""
     if not out_dir.is_dir():
-        return [f"{out_dir.name} (a file, not a folder)"]
-    ours = {MANIFEST} | _listed_shards(out_dir / MANIFEST)
-    return sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
-
-
-def _swap_in(build: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by the complete ``build`` (two renames), then delete what the previous
-    build's manifest listed; a crash between the renames leaves the old build whole beside it."""
-    if not out_dir.exists():
-        build.rename(out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    out_dir.rename(old)
-    build.rename(out_dir)
-    for name in _listed_shards(old / MANIFEST) | {MANIFEST}:
-        (old / name).unlink(missing_ok=True)
-    old.rmdir()
+        raise ShardFolderError(f"{out_dir} is a file, not a folder: shard into a new folder")
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        listed = {s["name"]: s for s in manifest["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        manifest, listed = None, {}
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name != MANIFEST and p.name not in listed)
+    if foreign:
+        raise ShardFolderError(
+            f"{out_dir} holds files no shard build wrote ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}): shard into a new folder, or one only "
+            "`dist-optical shard` wrote"
+        )
+    try:
+        args = manifest["args"]
+        key = {
+            "format": manifest["format"],
+            "version": manifest["version"],
+            "sources": [s["sha256"] for s in manifest["sources"]],
+            **{name: args[name] for name in _CONTENT_ARGS},
+        }
+        intact = all(
+            (out_dir / name).is_file()
+            and (out_dir / name).stat().st_size == s["bytes"]
+            and sha256_file(out_dir / name) == s["sha256"]
+            for name, s in listed.items()
+        )
+    except (KeyError, TypeError):  # no manifest, or not one of ours
+        return None
+    return {"key": key} if intact and manifest["format"] == FORMAT else None
 
 
 def _check_unique_keys(pairs: Sequence[Pair], inputs: Sequence[Path]) -> None:
@@ -285,13 +331,6 @@ def _check_unique_keys(pairs: Sequence[Pair], inputs: Sequence[Path]) -> None:
         seen[key] = pair.key
 
 
-def _listed_shards(manifest_path: Path) -> set[str]:
-    try:
-        return {s["name"] for s in json.loads(manifest_path.read_text())["shards"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-
-
 def load_manifest(path: Path | str) -> dict[str, Any]:
     """Read a manifest (or the one inside a shard folder) and check its format version."""
     path = Path(path)
@@ -301,29 +340,6 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ShardFolderError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
     return manifest
-
-
-def shards_ready(out_dir: Path | str, inputs: Sequence[Path | str], **build_args: Any) -> bool:
-    """True when ``out_dir`` holds a complete build of ``inputs``: the manifest exists, its sources'
-    sha256 match, every shard exists with its recorded size, and the content-changing arguments
-    given in ``build_args`` (same names as ``build_shards``) match the recorded ones."""
-    out_dir = Path(out_dir)
-    try:
-        manifest = load_manifest(out_dir)
-    except (OSError, ValueError, ShardFolderError):  # missing, unreadable, or another format version
-        return False
-    if [s["sha256"] for s in manifest["sources"]] != [input_sha256(Path(p)) for p in inputs]:
-        return False
-    recorded = manifest["args"]
-    for name, value in build_args.items():
-        if name in _CONTENT_ARGS and value is not None:
-            value = list(value) if name == "exclude_books" else value
-            if recorded.get(name) != value:
-                return False
-    return all(
-        (out_dir / s["name"]).is_file() and (out_dir / s["name"]).stat().st_size == s["bytes"]
-        for s in manifest["shards"]
-    )
 
 
 def read_shard(url: str, data: bytes | None = None) -> Iterator[dict[str, Any]]:

@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from dist_optical import artifacts
 from dist_optical.config import resume_sensitive
 from dist_optical.engine.dist import barrier
 from dist_optical.errors import UserError
-from dist_optical.files import WriteError, atomic_write, write_failure
+from dist_optical.files import WriteError, atomic_write, sha256_file, write_failure
 
 log = logging.getLogger("dist_optical.checkpoint")
 
@@ -59,9 +58,9 @@ def save(
     (which makes it complete), `latest`, and pruning; a failed save leaves no half tag behind."""
     tag = tag_for(step)
     if is_main and (ckpt_dir / tag).exists():  # a damaged tag of that step (resume skipped it): keep it aside
-        aside = ckpt_dir / f"{tag}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        (ckpt_dir / tag).rename(aside)
-        log.warning("moved the damaged %s aside to %s before saving that step again", ckpt_dir / tag, aside)
+        why = damage(ckpt_dir / tag)
+        why = f"is damaged: {why}" if why else "is complete, and its step is being saved again"
+        artifacts.move_aside(ckpt_dir / tag, why, "checkpoint")
     barrier()
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
@@ -142,7 +141,8 @@ RUN_ENTRIES = frozenset(
 
 def check_run_folder(out: Path) -> None:
     """``out`` is missing, empty, or a run folder: nothing in it but what a run writes (RUN_ENTRIES,
-    their temp files, an interrupted export's scratch folder). A run never writes into another folder."""
+    their temp files, the export's lock, temp folders and damaged exports kept aside). A run never
+    writes into another folder."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder (a run folder is a directory)")
     if not out.is_dir():
@@ -150,7 +150,9 @@ def check_run_folder(out: Path) -> None:
     foreign = sorted(
         p.name
         for p in out.iterdir()
-        if p.name not in RUN_ENTRIES and not p.name.endswith(".tmp") and not p.name.startswith(".model.")
+        if p.name not in RUN_ENTRIES
+        and not p.name.endswith(".tmp")
+        and not p.name.startswith((".model.", "model.damaged-"))
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -221,32 +223,40 @@ def check_inputs(saved: dict[str, str], current: dict[str, str]) -> None:
 
 def prepare_elastic(ckpt_dir: Path, tag: str, world_size: int, is_main: bool) -> tuple[Path, str, bool]:
     """Where to load from at this world size: the checkpoint itself, or (ZeRO >= 1 saved at another
-    world size) a DeepSpeed universal conversion of it, made once on the main rank.
+    world size) a DeepSpeed universal conversion of it, built once on the main rank as an artifact
+    (artifacts.build_once, keyed by the tag's marker: a tag saved again is converted again).
 
     Returns (load_dir, tag, load_universal)."""
     meta = json.loads((ckpt_dir / tag / META).read_text(encoding="utf-8"))
     if meta["world_size"] == world_size or meta["zero_stage"] == 0:  # stage 0 holds whole optimizer state
         return ckpt_dir, tag, False
     universal = ckpt_dir / "universal" / tag
-    if is_main and not (universal / "zero").is_dir():
-        tmp = universal.with_name(tag + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.checkpoint.ds_to_universal",
-            "--input_folder",
-            str(ckpt_dir / tag),
-            "--output_folder",
-            str(tmp),
-            "--inject_missing_state",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
-            )
-        shutil.rmtree(universal, ignore_errors=True)
-        tmp.rename(universal)
+    if is_main:
+        key = {"checkpoint_marker_sha256": sha256_file(ckpt_dir / tag / META)}
+        artifacts.build_once(
+            universal,
+            lambda tmp: _to_universal(ckpt_dir / tag, tmp),
+            "the universal checkpoint",
+            key=key,
+            adopt=lambda folder: {"key": key} if (folder / "zero").is_dir() else None,  # before markers
+        )
     barrier()
     return universal.parent, tag, True
+
+
+def _to_universal(tag_dir: Path, out: Path) -> dict[str, Any]:
+    """DeepSpeed's universal conversion of ``tag_dir``, written into ``out``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(tag_dir),
+        "--output_folder",
+        str(out),
+        "--inject_missing_state",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"converting {tag_dir} to a universal checkpoint failed:\n{proc.stderr[-3000:]}")
+    return {"source": str(tag_dir)}

@@ -8,8 +8,9 @@ records the teacher whose embeddings index the English side, and ``README.md`` i
 
 from __future__ import annotations
 
+import hashlib
 import json
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from dist_optical import artifacts
-from dist_optical.files import atomic_write, writing
-from dist_optical.models import ModelError
+from dist_optical.files import atomic_write, write_json
+from dist_optical.models import ModelError, tokenizer_digest, weights_digest
 
 EXPORT_META = "dist_optical.json"
 PROMPT_NAME = "default"
@@ -28,44 +29,53 @@ def save_student(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, meta: dict[str, Any], card: str
 ) -> None:
     """``meta`` holds at least max_length, pooling and prefix; ``card`` is the model card's Markdown.
-    Built in a temp folder beside ``out``, marked complete (artifacts: each file's size and sha256)
-    and renamed over ``out`` only then; ``out`` must be new, empty or a previous export."""
+    ``out`` must be new, empty or a previous export, which this one replaces once complete: built as
+    an artifact (artifacts.build_once: a temp folder beside ``out``, each file's size and sha256 in
+    the marker, renamed into place), keyed by the weights, tokenizer, meta and card."""
     check_replaceable(out)
-    with writing(out, "the exported model"):
-        _save(model, tokenizer, out, meta, card)
+    key = {
+        "weights_sha256": weights_digest(model),
+        "tokenizer_sha256": tokenizer_digest(tokenizer),
+        "meta": meta,
+        "card_sha256": hashlib.sha256(card.encode()).hexdigest(),
+    }
+    artifacts.build_once(
+        out,
+        lambda tmp: _save(model, tokenizer, tmp, meta, card),
+        "the exported model",
+        wait=0,  # one export of a folder at a time (and not while its run trains: cli.py)
+        key=key,
+        adopt=lambda folder: {},  # an export from before markers (check_replaceable said so)
+    )
 
 
 def _save(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, meta: dict[str, Any], card: str
-) -> None:
+) -> dict[str, Any]:
+    """The sentence-transformers folder, written into the empty folder ``out``."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
-        encoder_dir, final = Path(scratch) / "encoder", Path(scratch) / "model"
-        model.save_pretrained(encoder_dir)
-        tokenizer.save_pretrained(encoder_dir)
-        prompts = {PROMPT_NAME: meta["prefix"]} if meta["prefix"] else None
-        student = SentenceTransformer(
-            modules=[
-                Transformer(str(encoder_dir), max_seq_length=meta["max_length"]),
-                Pooling(model.config.hidden_size, pooling_mode=meta["pooling"]),
-                Normalize(),
-            ],
-            prompts=prompts,
-            default_prompt_name=PROMPT_NAME if prompts else None,
-            device="cpu",
-            similarity_fn_name="cosine",
-        )
-        student.save(str(final), create_model_card=False)
-        (final / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        (final / "README.md").write_text(card, encoding="utf-8")
-        artifacts.mark_complete(final, {})
-        old = Path(scratch) / "old"
-        if out.exists():  # the previous export moves aside and goes with the scratch folder
-            out.rename(old)
-        final.rename(out)
+    encoder_dir = out / ".encoder"  # the bare encoder, which the Transformer module loads from
+    model.save_pretrained(encoder_dir)
+    tokenizer.save_pretrained(encoder_dir)
+    prompts = {PROMPT_NAME: meta["prefix"]} if meta["prefix"] else None
+    student = SentenceTransformer(
+        modules=[
+            Transformer(str(encoder_dir), max_seq_length=meta["max_length"]),
+            Pooling(model.config.hidden_size, pooling_mode=meta["pooling"]),
+            Normalize(),
+        ],
+        prompts=prompts,
+        default_prompt_name=PROMPT_NAME if prompts else None,
+        device="cpu",
+        similarity_fn_name="cosine",
+    )
+    student.save(str(out), create_model_card=False)
+    shutil.rmtree(encoder_dir)
+    write_json(out / EXPORT_META, meta, "the export's metadata")
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return {}
 
 
 def check_replaceable(out: Path) -> None:

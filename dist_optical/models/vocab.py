@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from dist_optical.errors import UserError
-from dist_optical.files import atomic_write
+from dist_optical.files import write_json
 
 VOCAB_FILE = "vocab.json"  # in the run folder: the kept rows, so resume and export rebuild the same model
 
@@ -93,7 +93,7 @@ def save_kept_ids(path: Path, kept_ids: Tensor, tokenizer_name: str) -> None:
     """Temp name, then rename: a half-written vocabulary is never read."""
     ids = [int(i) for i in kept_ids]
     record = {"tokenizer": tokenizer_name, "rows": len(ids), "sha256": ids_digest(ids), "kept_ids": ids}
-    atomic_write(path, json.dumps(record) + "\n")
+    write_json(path, record, "the kept vocabulary", indent=None)
 
 
 def load_kept_ids(path: Path) -> Tensor:

@@ -1,4 +1,4 @@
-"""Shard writer: round trip, manifest, crash safety, readiness check."""
+"""Shard writer: round trip, manifest, crash safety, readiness check, damaged and older folders."""
 
 import hashlib
 import json
@@ -49,13 +49,25 @@ def test_rebuild_is_byte_identical_and_replaces_the_previous_build(tmp_path):
     second = build_shards(inputs, out, "swh", "eng", pairs_per_shard=30)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".shards")) == [".shards.lock"]
     assert sorted(p.name for p in out.iterdir()) == [
+        "artifact.json",
         "manifest.json",
         "swh-eng-000000.tar",
         "swh-eng-000001.tar",
     ]
-    third = build_shards(inputs, out, "swh", "eng", pairs_per_shard=30, workers=2)
+    third = build_shards(inputs, tmp_path / "other", "swh", "eng", pairs_per_shard=30, workers=2)
     assert [s["sha256"] for s in third["shards"]] == [s["sha256"] for s in second["shards"]]
     assert len(first["shards"]) == 6
+
+
+def test_the_same_inputs_and_arguments_open_the_build_as_it_is(tmp_path, capsys):
+    inputs = bitext(tmp_path, 30)
+    out = tmp_path / "shards"
+    first = build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    again = build_shards(inputs, out, "swh", "eng", pairs_per_shard=10, workers=2)  # workers: same shards
+    assert again == first and capsys.readouterr().out == ""  # nothing written
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 def test_byte_target(tmp_path):
@@ -89,30 +101,95 @@ def test_a_crash_mid_rebuild_leaves_the_previous_build_intact(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         build_shards(inputs, out, "swh", "eng", pairs_per_shard=10, max_chars=500)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # byte for byte
-    assert shards_ready(out, inputs, pairs_per_shard=10)
+    assert shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".shards.lock"]
     monkeypatch.undo()
     build_shards(inputs, out, "swh", "eng", pairs_per_shard=10, max_chars=500)
-    assert shards_ready(out, inputs, max_chars=500)
+    assert shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10, max_chars=500)
+
+
+def test_a_crash_between_the_renames_of_a_replacement_is_undone_by_the_next_build(tmp_path):
+    inputs = bitext(tmp_path, 50)
+    out = tmp_path / "shards"
+    build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    out.rename(tmp_path / ".shards.old-12345")  # the replacement's first rename, then the crash
+    build_shards(inputs, out, "swh", "eng", pairs_per_shard=10, wait=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # put back, not rebuilt
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".shards.lock"]
 
 
 def test_shards_ready_checks_sources_args_and_files(tmp_path):
     inputs = bitext(tmp_path, 30)
     out = tmp_path / "shards"
-    assert not shards_ready(out, inputs)
+    assert not shards_ready(out, inputs, "swh", "eng")
     build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
-    assert shards_ready(out, inputs, src_lang="swh", pairs_per_shard=10)
-    assert not shards_ready(out, inputs, pairs_per_shard=20)
-    assert not shards_ready(out, inputs, exclude_books=["REV"])
+    assert shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10)
+    assert not shards_ready(out, inputs, "swh", "eng", pairs_per_shard=20)
+    assert not shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10, exclude_books=["REV"])
     inputs[0].write_text(inputs[0].read_text() + "", encoding="utf-8")
-    assert shards_ready(out, inputs)  # same bytes, same hash
+    assert shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10)  # same bytes, same hash
     with inputs[1].open("a") as f:
         f.write("changed\n")
-    assert not shards_ready(out, inputs)
+    assert not shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10)
     inputs = bitext(tmp_path, 30)
     shard = out / json.loads((out / "manifest.json").read_text())["shards"][1]["name"]
     shard.write_bytes(shard.read_bytes()[:-700])
-    assert not shards_ready(out, inputs)
+    assert not shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10)
+
+
+def test_a_damaged_shard_folder_is_moved_aside_and_rebuilt(tmp_path, monkeypatch):
+    from dist_optical import artifacts
+
+    inputs = bitext(tmp_path, 30)
+    out = tmp_path / "shards"
+    build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
+    good = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "artifact.json"}
+    shard = out / "swh-eng-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[data.index(b"sentence 1")] = ord("S")  # same size: only the sha256 tells
+    shard.write_bytes(bytes(data))
+    damaged = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(artifacts, "_hashed", set())  # a later job: hashes checked again
+    build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "artifact.json"} == good
+    (aside,) = tmp_path.glob("shards.damaged-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == damaged  # kept, byte for byte
+
+
+def test_a_folder_from_before_markers_is_marked_in_place_not_rebuilt(tmp_path, capsys):
+    inputs = bitext(tmp_path, 30)
+    out = tmp_path / "shards"
+    manifest = build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
+    (out / "artifact.json").unlink()  # what builds wrote before shard folders had markers
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    assert build_shards(inputs, out, "swh", "eng", pairs_per_shard=10) == manifest
+    assert capsys.readouterr().out == ""  # not rebuilt
+    assert {
+        p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.name != "artifact.json"
+    } == before
+    assert shards_ready(out, inputs, "swh", "eng", pairs_per_shard=10)
+    assert not list(tmp_path.glob("shards.damaged-*"))
+    (out / "artifact.json").unlink()  # an earlier build of other arguments: marked, then replaced
+    build_shards(inputs, out, "swh", "eng", pairs_per_shard=20)
+    assert shards_ready(out, inputs, "swh", "eng", pairs_per_shard=20)
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tar") == [
+        "swh-eng-000000.tar",
+        "swh-eng-000001.tar",
+    ]
+
+
+def test_a_previous_build_with_files_someone_added_is_not_replaced(tmp_path):
+    inputs = bitext(tmp_path, 30)
+    out = tmp_path / "shards"
+    build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match="holds files no build of the shards wrote.*notes.txt"):
+        build_shards(inputs, out, "swh", "eng", pairs_per_shard=20)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert build_shards(inputs, out, "swh", "eng", pairs_per_shard=10)["total_pairs"] == 30  # same: opened
 
 
 def test_key_collision_is_an_error(tmp_path):

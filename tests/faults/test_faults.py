@@ -122,9 +122,14 @@ def test_a_second_shard_build_on_one_folder_fails_at_once(tmp_path):
     assert not out.exists()
 
 
-# 5. Altered shard bytes: caught by the manifest's sha256, in raise and in skip mode.
-def altered_shards(tmp_path: Path) -> Path:
-    """A copy of the tiny config's Swahili shards whose first shard has altered text, same size."""
+# 5. Altered shard bytes: moved aside and rebuilt when the run opens the folder (its marker's sha256);
+# damage the open check cannot see (after it, or on a rank that reads without it) is caught by the
+# manifest's sha256 as the stream reads, in raise and in skip mode.
+def altered_shards(tmp_path: Path, marked: bool = True) -> Path:
+    """A copy of the tiny config's Swahili shards whose first shard has altered text, same size.
+    ``marked``: the marker rewritten over the altered bytes, as if the shard changed after the open
+    check, so only the stream's own check can tell."""
+    from dist_optical import artifacts
     from dist_optical.config import load_config
     from dist_optical.data.prepare import ensure_shards
 
@@ -139,7 +144,28 @@ def altered_shards(tmp_path: Path) -> Path:
     index = data.index(b"Yesu")  # a word of the first verses' text
     data[index : index + 4] = b"Yosu"
     first.write_bytes(bytes(data))
+    if marked:
+        artifacts.mark_complete(swahili, {"key": artifacts.read_marker(swahili)["key"]})
     return root
+
+
+def test_altered_shards_are_moved_aside_and_rebuilt_when_opened(tmp_path, fresh_process, caplog):
+    from dist_optical.config import load_config
+    from dist_optical.data.prepare import ensure_shards
+
+    shards = altered_shards(tmp_path, marked=False)
+    (swahili, _) = sorted(p for p in shards.iterdir() if not p.name.startswith("."))
+    altered = snapshot(swahili)
+    with caplog.at_level("WARNING"):
+        manifests = ensure_shards(load_config(TINY, [f"data.shards={shards}"]))
+    assert manifests[0].parent == swahili
+    (warning,) = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert "swh-eng-000000.tar" in warning and "sha256" in warning
+    (aside,) = shards.glob(f"{swahili.name}.damaged-*")
+    assert snapshot(aside) == altered  # kept, byte for byte
+    original = snapshot(ensure_shards(load_config(TINY))[0].parent)
+    rebuilt = {k: v for k, v in snapshot(swahili).items() if k.endswith(".tar")}
+    assert rebuilt == {k: v for k, v in original.items() if k.endswith(".tar")}  # byte for byte
 
 
 def test_altered_shard_text_is_a_shard_error_naming_the_shard(tmp_path):
@@ -406,8 +432,9 @@ def test_a_full_disk_while_exporting_keeps_the_previous_export(finished, tmp_pat
     before = snapshot(previous)
     monkeypatch.setattr(package.artifacts, "mark_complete", enospc)
     with pytest.raises(WriteError, match=r"could not write the exported model .*model: no space left"):
-        export_checkpoint(finished / "checkpoints" / "step000008", previous)
-    assert snapshot(previous) == before and os.listdir(tmp_path) == ["model"]  # no scratch folder left
+        export_checkpoint(finished / "checkpoints" / "step000004", previous)  # step 8's is `previous`
+    assert snapshot(previous) == before
+    assert [n for n in os.listdir(tmp_path) if not n.endswith(".lock")] == ["model"]  # no scratch folder left
 
 
 def test_torchs_full_disk_error_while_saving_is_named_and_the_partial_tag_removed(run_copy):
