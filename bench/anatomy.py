@@ -64,12 +64,12 @@ def timed_step(run, batches) -> dict:
     watch = Stopwatch()
     batch = next(batches)
     watch.lap("data")
-    english = run.encode_english(batch)
+    pivot = run.encode_pivot_by_teacher(batch)
     watch.lap("teacher forward")
     foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
-    pivot = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
+    student_pivot = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
     watch.lap("student forward")
-    loss, _ = run.objective(english, foreign, pivot)
+    loss, _ = run.objective(pivot, foreign, student_pivot)
     watch.lap("loss")
     run.engine.backward(loss)
     watch.lap("backward")

@@ -50,12 +50,7 @@ def read_bitext(
     ``counts``, if given, is filled with what was skipped (``unpaired_src``, ``unpaired_tgt``,
     ``excluded``) once the iterator is exhausted.
     """
-    paths = [Path(p) for p in paths]
-    for path in paths:  # before any reading: a folder or a typo should not surface mid-build
-        if path.is_dir():
-            raise BitextError(f"{path}: is a folder; expected a bitext file (text, .tsv or Bible .xml)")
-        if not path.is_file():
-            raise BitextError(f"{path}: no such file")
+    paths = check_bitext_files(paths)
     exclude_books = list(exclude_books)
     counts = Counter() if counts is None else counts
     suffixes = [p.suffix.lower() for p in paths]
@@ -72,6 +67,17 @@ def read_bitext(
         f"unsupported bitext input {[str(p) for p in paths]}: expected two plain-text files "
         "(FOREIGN ENGLISH), one .tsv, or two .xml Bibles (FOREIGN ENGLISH)"
     )
+
+
+def check_bitext_files(paths: list[Path] | list[str]) -> list[Path]:
+    """``paths`` as Paths, each an existing file: a folder or a typo is named before any work."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.is_dir():
+            raise BitextError(f"{path}: is a folder; expected a bitext file (text, .tsv or Bible .xml)")
+        if not path.is_file():
+            raise BitextError(f"{path}: no such file")
+    return paths
 
 
 def _count_lines(path: Path) -> int:

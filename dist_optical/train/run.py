@@ -80,8 +80,8 @@ class Run:
             model, input_ids.to(device), attention_mask.to(device), self.specials[side], pooling
         ).float()
 
-    def encode_english(self, batch: dict[str, Any]) -> Encoded:
-        """The frozen teacher on the batch's English side: read from the cache, or computed."""
+    def encode_pivot_by_teacher(self, batch: dict[str, Any]) -> Encoded:
+        """The frozen teacher on the batch's pivot side: read from the cache, or computed."""
         if self.teacher_cache is not None:
             return self.teacher_cache.lookup(batch["tgt"]).map(lambda t: t.to(dist.device()))
         with torch.no_grad():

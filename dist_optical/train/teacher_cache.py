@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from dist_optical.artifacts import build_once
 from dist_optical.config import Config, repo_path
 from dist_optical.data.collate import tokenize
+from dist_optical.files import write_json
 from dist_optical.models import Encoded, encode, pool, tokenizer_digest, weights_digest
 from dist_optical.train.prepare import pivot_texts, read_pairs
 
@@ -120,7 +121,7 @@ def _build(
     special: Tensor,
 ) -> int:
     """Write the cache's arrays for the texts ``pivots`` into ``folder``; returns their number."""
-    texts = sorted(pivots, key=len)  # by length: batches pad little
+    texts = sorted(pivots, key=lambda text: (len(text), text))  # by length: batches pad little
     dtype = np.float16 if cfg.train.teacher_cache == "fp16" else np.float32
     device = next(teacher.parameters()).device
     tokens, input_ids, real, offsets = [], [], [], [0]
@@ -146,5 +147,5 @@ def _build(
         ("offsets", np.asarray(offsets, dtype=np.int64)),
     ):
         np.save(folder / f"{name}.npy", array)
-    (folder / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    write_json(folder / "texts.json", texts, "the teacher cache's texts", indent=None)
     return len(texts)
