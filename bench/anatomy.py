@@ -1,26 +1,17 @@
 """One training step taken apart, in one process: where the time goes and how close the real work
-comes to what the machine can do. Used by bench/train.py (which runs it once per configuration in
-a fresh subprocess); runnable alone:
+comes to what the machine can do. bench/train.py runs it once per configuration in a fresh process.
 
     python bench/anatomy.py --config configs/default.yaml --steps 12 [key=value ...]
     python bench/anatomy.py --quick     # configs/tiny.yaml, 3 steps, shards in a temp folder (seconds)
 
-It sets up the trainer's own `Run` (train/run.py: the same models, stream, collator and objective),
-then takes the steps `train/loop.py:micro_step` takes, timing each phase: the frozen teacher's
-forward (English), the student's forward (foreign), the objective, backward, optimizer step, and
-the wait for the next batch. FLOPs are counted per sequence from the encoder's shapes (layers L,
-width d, FFN f; a sequence of n tokens costs L * (2n(4d^2 + 2df) + 4n^2 d) forward, backward twice
-that; embeddings, norms and the loss are left out), for the real tokens (attention mask) and for
-every padded position, over the work actually done: the student's forward and backward, and the
-teacher's forward unless the teacher cache replaced it. The machine's dense fp32 rate is measured in
-the same process: torch.mm at the encoder's own projection shapes (tokens x d times d x f, and
-d x d), at the same thread count.
-Prints one JSON object (bench/train.py reads it), and writes it to `--out` when given.
+It takes the steps `train/loop.py:micro_step` takes with the trainer's own `Run`, timing each phase.
+FLOPs (encoder_flops) are counted for the real and the padded tokens of the work done, against
+torch.mm's fp32 rate at the encoder's projection shapes. Prints one JSON object (bench/train.py
+reads it) and writes it to `--out` when given.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -28,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, TINY, Stopwatch, environment, finish, write_result
+from common import REPO, TINY, Parser, Stopwatch, environment, finish, write_result
 
 from dist_optical.artifacts import MARKER
 from dist_optical.config import load_config
@@ -39,7 +30,8 @@ PHASES = ("data", "teacher forward", "student forward", "loss", "backward", "opt
 
 
 def encoder_flops(lengths: torch.Tensor, layers: int, width: int, ffn: int) -> float:
-    """Forward FLOPs of a BERT-style encoder over sequences of these token counts."""
+    """Forward FLOPs of a BERT-style encoder over sequences of these token counts: n tokens cost
+    L * (2n(4d^2 + 2df) + 4n^2 d), backward twice that; embeddings, norms and the loss left out."""
     n = lengths.double()
     return float((layers * (2 * n * (4 * width**2 + 2 * width * ffn) + 4 * n**2 * width)).sum())
 
@@ -147,26 +139,19 @@ def anatomy(config: Path, overrides: list[str], steps: int, skip: int, peak_seco
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(__doc__)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out")
-    parser.add_argument("--quick", action="store_true",
-                        help="configs/tiny.yaml, 3 steps, shards in a temp folder: a smoke run")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse(config=TINY, steps=3, skip=1)
     env = environment()
-    if args.quick:
-        with tempfile.TemporaryDirectory(prefix="bench-quick-") as shards:
-            result = anatomy(TINY, [f"data.shards={shards}", *args.overrides], 3, 1, peak_seconds=0.3)
-    else:
-        result = anatomy(args.config, args.overrides, args.steps, args.skip)
+    with tempfile.TemporaryDirectory(prefix="bench-quick-") as shards:  # --quick: never in shards/
+        overrides = [f"data.shards={shards}", *args.overrides] if args.quick else args.overrides
+        result = anatomy(args.config, overrides, args.steps, args.skip, 0.3 if args.quick else 2.0)
     result["env"] = finish(env)
     if args.out:
-        write_result(args.out, result)
+        write_result(args, "anatomy.json", result)
     print(json.dumps(result))
 
 

@@ -1,19 +1,15 @@
-"""What every bench script shares, written once: the environment a figure was measured in, timing,
-Markdown tables, where results go and how they are written, and the tiny models of a `--quick` run.
+"""What every bench script shares: the arguments (`--quick`, `--out`), the environment a figure was
+measured in, timing, subprocesses, Markdown tables and the result JSON.
 
-- `environment()` at the start and `finish(env)` at the end give one layout for every result's
-  "env": command, dates, git commit, CPU model, cores, torch threads, device, package versions, the
-  load average before and after (the dev box is shared: a figure means little without its load).
-- `Stopwatch` times the phases of a step (a device sync before every reading on a GPU);
-  `interleaved_medians` times several functions in rounds, so a change of load hits all alike.
-- `markdown_table` renders every table the scripts print or write into RESULTS.md.
-- `result_path` + `write_result`: a run writes bench/results/NAME.json, a `--quick` run a fresh temp
-  folder (never the committed figures), `--out` anywhere; written atomically by files.write_json.
-- `child_env` is the environment of every subprocess a bench starts (never a torch.distributed rank).
+A result's "env" (`environment()` at the start, `finish(env)` at the end) has one layout everywhere:
+command, dates, git commit, CPU, threads, device, package versions and the load average before and
+after (the dev box is shared: a figure means little without its load). A real run writes
+bench/results/NAME.json; `--quick` (seconds: tiny sizes, configs/tiny.yaml's random BERT) a temp folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import math
 import os
@@ -41,7 +37,30 @@ RESULTS = REPO / "bench" / "results"
 TINY = REPO / "configs" / "tiny.yaml"  # --quick: its random tiny BERT stands in for the real models
 PACKAGES = ("torch", "transformers", "deepspeed", "sentence-transformers", "pot", "datasets", "accelerate")
 
-# ------------------------------------------------------------------------------------ environment
+
+class Parser(argparse.ArgumentParser):
+    """A script's arguments: its docstring as help, ``--quick`` and ``--out``; ``parse(**quick)``."""
+
+    def __init__(self, doc: str) -> None:
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.add_argument("--quick", action="store_true", help="seconds: tiny sizes and model, temp JSON")
+        self.add_argument("--out", type=Path, help="results JSON (default: bench/results/)")
+
+    def parse(self, **quick: Any) -> argparse.Namespace:
+        """The arguments; with ``--quick``, ``quick`` replaces the defaults (flags given still win)."""
+        args = self.parse_args()
+        if args.quick:
+            self.set_defaults(**quick)
+            args = self.parse_args()
+        return args
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def load_average() -> list[float]:
@@ -49,7 +68,6 @@ def load_average() -> list[float]:
 
 
 def load1() -> float:
-    """The 1-minute load average: what a figure measured on a shared machine should be read with."""
     return load_average()[0]
 
 
@@ -71,25 +89,22 @@ def git_commit() -> str:
     """HEAD, marked when tracked files differ from it (what ran is then not exactly that commit)."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
 
     try:
-        commit, dirty = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "-uno").strip()
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "-uno")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if not commit:
-        return "unknown"
-    return f"{commit} (uncommitted changes)" if dirty else commit
+        commit = ""
+    return "unknown" if not commit else f"{commit} (uncommitted changes)" if dirty else commit
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:
@@ -107,7 +122,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "device_name": f"{cpu_model()} ({torch.get_num_threads()} threads)",
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions(),
+        "versions": {name: package_version(name) for name in PACKAGES},
         "load_before": load_average(),
     }
     if str(device).startswith("cuda") and torch.cuda.is_available():
@@ -133,7 +148,13 @@ def child_env(threads: int | str | None = None) -> dict[str, str]:
     return env
 
 
-# ----------------------------------------------------------------------------------------- timing
+def run_child(cmd: list[str], threads: int | str | None, what: str) -> str:
+    """Run ``cmd`` in the repo with ``child_env(threads)``: its stdout, or a RuntimeError naming
+    ``what`` failed with the end of its stderr."""
+    proc = subprocess.run(cmd, env=child_env(threads), cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
 
 
 def no_sync() -> None:
@@ -145,9 +166,7 @@ def device_sync(device) -> Callable[[], None]:
     import torch
 
     device = torch.device(device)
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return no_sync
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else no_sync
 
 
 class Stopwatch:
@@ -175,12 +194,8 @@ class Stopwatch:
 def interleaved_medians(
     fns: dict[Any, Callable[[], object]], repeats: int, sync: Callable[[], None] = no_sync
 ) -> dict[Any, float]:
-    """Median wall seconds of each function over ``repeats`` rounds after a warm-up round.
-
-    Each round runs every function once, so a change of load on the shared machine hits all
-    of them alike instead of whichever happened to be running. ``sync`` runs before the clock
-    starts and before it stops (a CUDA synchronize on the GPU).
-    """
+    """Median wall seconds of each function over ``repeats`` rounds after a warm-up round. Each round
+    runs every function once, so a change of load on the shared machine hits all of them alike."""
     times: dict[Any, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):
         for name, fn in fns.items():
@@ -192,29 +207,12 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-# ----------------------------------------------------------------------------------------- tables
-
-
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
-    """A Markdown table; cells as ``str()`` gives them. ``align``: one letter a column, "r" for a
-    right-aligned one (``---:``), anything else (or none) plain ``---``."""
+    """A Markdown table; cells as ``str()`` gives them. ``align``: a letter a column, "r" right-aligned."""
     rule = [("---:" if a == "r" else "---") for a in align.ljust(len(header))[: len(header)]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------- results
-
-
-def result_path(out: Path | None, name: str, quick: bool) -> Path:
-    """``out`` when given; else bench/results/NAME for a real run, or NAME in a fresh temp folder
-    for a ``--quick`` one (a smoke run never replaces the committed figures)."""
-    if out is not None:
-        return Path(out)
-    if quick:
-        return Path(tempfile.mkdtemp(prefix="bench-quick-")) / name
-    return RESULTS / name
 
 
 def _json_safe(obj: Any) -> Any:
@@ -228,25 +226,22 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_result(path: Path, result: dict[str, Any]) -> Path:
-    """``result`` as JSON at ``path`` (its folder made), atomically; says where."""
-    path = Path(path)
+def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) -> Path:
+    """``result`` as JSON, atomically, at ``--out``; else at bench/results/NAME, or for ``--quick`` in a
+    fresh temp folder (a smoke run never replaces the committed figures). Says where."""
+    if args.out is not None:
+        path = Path(args.out)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="bench-quick-")) / name if args.quick else RESULTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, _json_safe(result), "the bench result")
     print(f"wrote {path}", flush=True)
     return path
 
 
-# -------------------------------------------------------------------------------- --quick models
-
-
-def tiny_shape() -> dict[str, int]:
-    """configs/tiny.yaml's random tiny BERT (hidden 32, 2 layers): the real model's stand-in in --quick."""
-    return dict(load_config(TINY).model.tiny)
-
-
 def bench_encoder(name: str, tokenizer, quick: bool):
-    """``name``'s encoder, or with ``quick`` the seeded random tiny BERT over its tokenizer's vocabulary."""
+    """``name``'s encoder, or with ``quick`` configs/tiny.yaml's seeded random tiny BERT (same vocabulary)."""
     from dist_optical.models import load_encoder
 
-    return load_encoder(name, tiny_shape() if quick else None, vocab_size=len(tokenizer))
+    tiny = dict(load_config(TINY).model.tiny) if quick else None
+    return load_encoder(name, tiny, vocab_size=len(tokenizer))

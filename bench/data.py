@@ -13,7 +13,6 @@ case for the loader). Headroom = (2) per worker / (3); the target is >= 10x.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import tempfile
@@ -22,7 +21,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from common import Stopwatch, bench_encoder, environment, finish, markdown_table, result_path, write_result
+from common import Parser, Stopwatch, bench_encoder, environment, finish, markdown_table, write_result
 
 from dist_optical.config import DataConfig, data_path, load_config
 from dist_optical.data import PairCollator, ShardLoader, ShardStream, build_shards, read_bitext
@@ -46,8 +45,7 @@ def build_rate(inputs: list[Path], out: Path, workers: int, repeats: int = 2, **
 
 
 def write_big_tsv(inputs: list[Path], path: Path, copies: int, limit: int | None = None) -> Path:
-    """The Bible pairs (the first ``limit``) ``copies`` times as one TSV: enough shards for parallel
-    writing to matter."""
+    """The Bible pairs (the first ``limit``) ``copies`` times as one TSV: shards enough for 2 writers."""
     pairs = list(islice(read_bitext(inputs), limit))
     with path.open("w", encoding="utf-8") as f:
         f.write("key\tsrc\ttgt\n")  # declares the three columns
@@ -128,18 +126,11 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--train-steps", type=int, default=5)
-    parser.add_argument(
-        "--train-step-s", type=float, default=0.0, help="use this step time instead of measuring"
-    )
+    parser.add_argument("--train-step-s", type=float, default=0.0, help="this step time, not measured")
     parser.add_argument("--batches", type=int, default=200, help="batches timed per loader measurement")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and model, a temp JSON: a smoke run")
-    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/data.json)")
-    args = parser.parse_args()
-    if args.quick:
-        args.batches, args.train_steps = 5, 1
-    out = result_path(args.out, "data.json", args.quick)
+    args = parser.parse(batches=5, train_steps=1)
     env = environment()
     inputs = [data_path(load_config(), p) for p in load_config().data.bitexts[0].files]
 
@@ -165,7 +156,7 @@ def main() -> None:
         "env": finish(env),
     }
     print(table(results))
-    write_result(out, results)
+    write_result(args, "data.json", results)
 
 
 if __name__ == "__main__":

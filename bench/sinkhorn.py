@@ -1,25 +1,18 @@
 """Batched Sinkhorn speed against POT, and the OT loss's share of a MiniLM training step (CPU, fp32).
 
-Part 1: at B in {32, 256} and n = m in {32, 64, 128}, 50 iterations, eps 0.05, on the same costs
-(1 - cosine of random 64-d vectors, near-uniform like real token costs), uniform marginals:
-`dist_optical.ot.sinkhorn` vs `ot.batch.solve_batch(method="log_sinkhorn")` vs a Python loop of
-`ot.bregman.sinkhorn_log` (only the first few items are timed and the time is scaled to B), and
-GeomLoss if it is importable. Forward alone and forward + backward of sum <P, C> with the
-envelope gradient everywhere (plan detached). Median of repeats after a warm-up.
-Part 2: one training step at batch 16, max_length 64 on real Bible verses (Swahili through the
-student, English through the frozen teacher, both all-MiniLM-L6-v2; no optimizer step), with
-the OT objective (default OTConfig) and with MSE; per-phase medians.
+1. Solvers, B in {32, 256} x n = m in {32, 64, 128}, 50 iterations, eps 0.05, costs 1 - cos of random
+   64-d vectors, uniform marginals: `dist_optical.ot.sinkhorn`, `ot.batch.solve_batch(log_sinkhorn)`
+   and a Python loop of `ot.bregman.sinkhorn_log` (the first few items timed, scaled to B); forward,
+   and forward + backward of sum <P, C> (envelope gradient); medians of repeats after a warm-up.
+2. One training step (batch 16, max_length 64, Bible verses, all-MiniLM-L6-v2 teacher and student,
+   no optimizer step) with the OT objective and with MSE; per-phase medians.
 
-    python bench/sinkhorn.py           # writes results/sinkhorn.json and the Sinkhorn section of RESULTS.md
+    python bench/sinkhorn.py           # results/sinkhorn.json and the Sinkhorn section of RESULTS.md
     python bench/sinkhorn.py --quick   # seconds: tiny shapes, a tiny BERT; JSON to a temp folder only
-
-The same solvers and step on a GPU, against its copy bandwidth: bench/sinkhorn_device.py (which
-imports the measuring functions from here).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 from collections.abc import Callable
@@ -29,15 +22,15 @@ import ot
 import torch
 from common import (
     REPO,
+    Parser,
     Stopwatch,
     bench_encoder,
     device_sync,
     environment,
     finish,
+    int_list,
     interleaved_medians,
     markdown_table,
-    no_sync,
-    result_path,
     write_result,
 )
 
@@ -48,28 +41,30 @@ from dist_optical.models import encode, freeze, load_tokenizer, special_ids
 from dist_optical.objectives import Objective
 from dist_optical.ot import sinkhorn
 
-HERE = Path(__file__).resolve().parent
+RESULTS_MD = REPO / "bench" / "RESULTS.md"
 BIBLE = REPO.parent / "shared" / "data" / "bible"
 MODEL = "all-MiniLM-L6-v2"
 EPS = 0.05
 ITERS = 50
 TARGETS = {"vs_pot_batch": 1.5, "vs_pot_loop": 50.0, "ot_step_share": 0.15}
 PHASES = ("teacher_fwd", "student_fwd", "loss", "backward")
-SOLVER_COLUMNS = [
-    "B",
-    "n=m",
-    "ours fwd",
-    "POT batch fwd",
-    "POT loop fwd*",
-    "ours fwd+bwd",
-    "POT batch fwd+bwd",
-    "POT loop fwd+bwd*",
-    "batch/ours fwd",
-    "loop/ours fwd",
-]
+SOLVER_COLUMNS = ["B", "n=m", "ours fwd", "POT batch fwd", "POT loop fwd*", "ours fwd+bwd",
+                  "POT batch fwd+bwd", "POT loop fwd+bwd*", "batch/ours fwd", "loop/ours fwd"]  # fmt: skip
 STEP_COLUMNS = ["teacher fwd", "student fwd", "loss", "backward", "step", "loss share"]
+QUICK = dict(batches=[4], sizes=[8], repeats=2, loop_items=2, steps=1, step_batch=2)
 
-# ---------------------------------------------------------------------------------- part 1: solvers
+
+def solver_args(doc: str) -> Parser:
+    """The arguments this script and bench/sinkhorn_device.py share."""
+    parser = Parser(doc)
+    parser.add_argument("--batches", type=int_list, default=[32, 256], help="comma list of B")
+    parser.add_argument("--sizes", type=int_list, default=[32, 64, 128], help="comma list of n = m")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--loop-items", type=int, default=16, help="items timed for the POT loop")
+    parser.add_argument("--steps", type=int, default=10, help="training steps timed per objective")
+    parser.add_argument("--step-batch", type=int, default=16, help="the training step's batch")
+    parser.add_argument("--bible", type=Path, default=BIBLE, help="has Swahili-NT.xml and English-KJV-NT.xml")
+    return parser
 
 
 def problem(batch: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,16 +90,14 @@ def solvers(a: torch.Tensor, b: torch.Tensor, loop_items: int) -> dict[str, Call
     def ours(cost):
         return sinkhorn(cost, a, b, EPS, max_iters=ITERS)
 
-    def pot_batch(cost):
-        # tol=0 never stops early: exactly ITERS iterations (POT checks its marginals every 10).
+    def pot_batch(cost):  # tol=0 never stops early: exactly ITERS iterations
         return ot.batch.solve_batch(cost, EPS, a, b, ITERS, 0.0, method="log_sinkhorn", grad="detach").plan
 
     def pot_loop(cost):
-        plans = [
+        return torch.stack([
             ot.bregman.sinkhorn_log(a[i], b[i], cost[i], EPS, numItermax=ITERS, stopThr=0.0, warn=False)
             for i in range(loop_items)
-        ]
-        return torch.stack(plans)
+        ])  # fmt: skip
 
     return {"ours": ours, "pot_batch": pot_batch, "pot_loop": pot_loop}
 
@@ -125,20 +118,17 @@ def bench_solvers(
     sizes: list[int],
     repeats: int,
     loop_items: int,
-    device: torch.device | None = None,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     failures: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Rows {B, n, solver, fwd_s, fwd_bwd_s}. With ``device``/``dtype`` (the GPU path) the problem
-    moves there, the timing syncs the device, and a solver that fails (e.g. POT in bf16) is left out
-    with its error in ``failures`` instead of stopping the bench (the rows then carry marginal_l1)."""
-    rows = []
-    sync = device_sync(device) if device is not None else no_sync
+    """Rows {B, n, solver, fwd_s, fwd_bwd_s} of the problem on ``device`` in ``dtype``. With
+    ``failures`` (the GPU path) a solver that fails (e.g. POT in bf16) is left out with its error
+    there instead of stopping the bench, and the rows carry marginal_l1."""
+    rows, sync = [], device_sync(device)
     for batch in batches:
         for n in sizes:
-            cost, a, b = problem(batch, n)
-            if device is not None:
-                cost, a, b = (t.to(device=device, dtype=dtype) for t in (cost, a, b))
+            cost, a, b = (t.to(device=device, dtype=dtype) for t in problem(batch, n))
             items = min(loop_items, batch)
             fns, errors = {}, {}
             for name, solve in solvers(a, b, items).items():
@@ -163,9 +153,6 @@ def bench_solvers(
     return rows
 
 
-# ------------------------------------------------------------------------------- part 2: the step
-
-
 def bible_pairs(count: int, bible: Path = BIBLE) -> list[tuple[str, str]]:
     """The first ``count`` (Swahili, English) verse pairs present in both XML files (read only)."""
     seg = re.compile(r'<seg id="([^"]+)"[^>]*>\s*(.*?)\s*</seg>', re.S)
@@ -177,13 +164,9 @@ def bible_pairs(count: int, bible: Path = BIBLE) -> list[tuple[str, str]]:
     return [(swahili[vid], english[vid]) for vid in swahili if vid in english][:count]
 
 
-def timed_step(
-    teacher, student, special, objective, english, foreign, sync: Callable[[], None] = no_sync
-) -> dict[str, float]:
-    """Seconds per phase of one step: teacher forward (no grad), student forward, loss, backward.
-
-    ``sync`` (a CUDA synchronize on the GPU) ends each phase; the loss math is fp32 whatever the
-    encoders' dtype (as in training: bf16 encoders, fp32 Sinkhorn and softmaxes)."""
+def timed_step(teacher, student, special, objective, english, foreign, sync) -> dict[str, float]:
+    """Seconds per phase of one step: teacher forward (no grad), student forward, loss, backward;
+    ``sync`` ends each phase. The loss math is fp32 whatever the encoders' dtype (as in training)."""
     watch = Stopwatch(sync)
     with torch.no_grad():
         t_enc = encode(teacher, english["input_ids"], english["attention_mask"], special)
@@ -204,34 +187,24 @@ def bench_step(
     batch: int,
     max_length: int,
     steps: int,
-    device: torch.device | None = None,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     bible: Path = BIBLE,
     quick: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Median seconds per phase of a training step, for the OT and the MSE objective (on ``device``
-    with both encoders in ``dtype`` when given: the GPU path; ``quick``: a tiny random BERT)."""
+    """Median seconds per phase of a training step, for the OT and the MSE objective, both encoders
+    on ``device`` in ``dtype`` (``quick``: a tiny random BERT)."""
     tokenizer = load_tokenizer(MODEL)
-    teacher = freeze(bench_encoder(MODEL, tokenizer, quick))
-    student = bench_encoder(MODEL, tokenizer, quick)
-    sync = no_sync
-    if device is not None:
-        teacher, student = teacher.to(device=device, dtype=dtype), student.to(device=device, dtype=dtype)
-        sync = device_sync(device)
-    student.train()
-    special = special_ids(tokenizer)
+    teacher = freeze(bench_encoder(MODEL, tokenizer, quick)).to(device=device, dtype=dtype)
+    student = bench_encoder(MODEL, tokenizer, quick).to(device=device, dtype=dtype).train()
+    sync, special = device_sync(device), special_ids(tokenizer)
     pairs = bible_pairs(batch * (steps + 1), bible)
-    objectives = {
-        "ot": Objective({"ot": 1.0}, OTConfig(), ContrastiveConfig()),
-        "mse": Objective({"mse": 1.0}, OTConfig(), ContrastiveConfig()),
-    }
+    objectives = {name: Objective({name: 1.0}, OTConfig(), ContrastiveConfig()) for name in ("ot", "mse")}
     times: dict[str, list[dict[str, float]]] = {name: [] for name in objectives}
     for i in range(0, len(pairs), batch):
         foreign = tokenize(tokenizer, [sw for sw, _ in pairs[i : i + batch]], max_length)
         english = tokenize(tokenizer, [en for _, en in pairs[i : i + batch]], max_length)
-        if device is not None:
-            foreign = {k: v.to(device) for k, v in foreign.items()}
-            english = {k: v.to(device) for k, v in english.items()}
+        foreign, english = ({k: v.to(device) for k, v in side.items()} for side in (foreign, english))
         for name, objective in objectives.items():  # interleaved, as in `interleaved_medians`
             phases = timed_step(teacher, student, special, objective, english, foreign, sync)
             if i:  # the first batch is the warm-up
@@ -257,33 +230,26 @@ def step_rows(step: dict, digits: int = 1) -> list[list[str]]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------- report
-
-
 def summary(rows: list[dict], step: dict) -> dict:
     """Speed-ups of ours over each POT solver at every shape, and the targets at B=256, n=64."""
     by = {(r["B"], r["n"], r["solver"]): r for r in rows}
-    speedups = {}
-    for (batch, n, solver), row in by.items():
-        if solver == "ours":
-            continue
-        ours = by[(batch, n, "ours")]
-        speedups[f"B{batch}_n{n}_{solver}"] = {
-            "fwd": row["fwd_s"] / ours["fwd_s"],
-            "fwd_bwd": row["fwd_bwd_s"] / ours["fwd_bwd_s"],
+    speedups = {
+        f"B{batch}_n{n}_{solver}": {
+            "fwd": row["fwd_s"] / by[batch, n, "ours"]["fwd_s"],
+            "fwd_bwd": row["fwd_bwd_s"] / by[batch, n, "ours"]["fwd_bwd_s"],
         }
+        for (batch, n, solver), row in by.items()
+        if solver != "ours"
+    }
     out = {"speedups": speedups, "ot_step_share": step["ot"]["loss"] / step["ot"]["step"]}
-    key = "B256_n64_pot_{}"
-    if key.format("batch") in speedups:
+    if "B256_n64_pot_batch" in speedups:
         out["targets"] = {
-            "vs_pot_batch": speedups[key.format("batch")]["fwd"],
-            "vs_pot_loop": speedups[key.format("loop")]["fwd"],
+            "vs_pot_batch": speedups["B256_n64_pot_batch"]["fwd"],
+            "vs_pot_loop": speedups["B256_n64_pot_loop"]["fwd"],
             "ot_step_share": out["ot_step_share"],
         }
         out["met"] = {
-            "vs_pot_batch": out["targets"]["vs_pot_batch"] >= TARGETS["vs_pot_batch"],
-            "vs_pot_loop": out["targets"]["vs_pot_loop"] >= TARGETS["vs_pot_loop"],
-            "ot_step_share": out["ot_step_share"] <= TARGETS["ot_step_share"],
+            k: v <= TARGETS[k] if k == "ot_step_share" else v >= TARGETS[k] for k, v in out["targets"].items()
         }
     return out
 
@@ -292,7 +258,7 @@ def solver_table(result: dict) -> str:
     by = {(r["B"], r["n"], r["solver"]): r for r in result["solvers"]}
     rows = []
     for batch, n in sorted({(r["B"], r["n"]) for r in result["solvers"]}):
-        o, pb, pl = (by[(batch, n, s)] for s in ("ours", "pot_batch", "pot_loop"))
+        o, pb, pl = (by[batch, n, s] for s in ("ours", "pot_batch", "pot_loop"))
         cells = [o["fwd_s"], pb["fwd_s"], pl["fwd_s"], o["fwd_bwd_s"], pb["fwd_bwd_s"], pl["fwd_bwd_s"]]
         ratios = [f"{pb['fwd_s'] / o['fwd_s']:.1f}x", f"{pl['fwd_s'] / o['fwd_s']:.0f}x"]
         rows.append([batch, n, *(f"{c * 1e3:.2f}" for c in cells), *ratios])
@@ -301,7 +267,7 @@ def solver_table(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     """The "## Sinkhorn" section of bench/RESULTS.md."""
-    env, summ, step = result["env"], result["summary"], result["step"]
+    env, summ, step, tok = result["env"], result["summary"], result["step"], result["step"]["tokens"]
     lines = [
         "## Sinkhorn",
         "",
@@ -329,7 +295,6 @@ def markdown(result: dict) -> str:
             f"OT loss share of a step {t['ot_step_share']:.1%} (target <= 15%: {met['ot_step_share']}).",
             "",
         ]
-    tok = step["tokens"]
     lines += [
         f"Training step, batch {result['step_batch']}, max_length {tok['truncated_at']}, all-MiniLM-L6-v2 "
         f"teacher and student, real Bible verses (mean {tok['swahili_mean']:.0f} Swahili / "
@@ -345,7 +310,7 @@ def markdown(result: dict) -> str:
 
 def replace_section(path: Path, section: str) -> None:
     """Put ``section`` (starting "## Sinkhorn") into ``path``, keeping every other section."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    text = path.read_text(encoding="utf-8")
     match = re.search(r"^## Sinkhorn\n.*?(?=^## |\Z)", text, re.S | re.M)
     if match:
         rest = text[match.end() :]
@@ -353,10 +318,6 @@ def replace_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     atomic_write(path, text, "the benchmark results")
-
-
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def geomloss_note() -> str:
@@ -368,32 +329,10 @@ def geomloss_note() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny shapes, steps, model; JSON to a temp folder, no RESULTS.md"
-    )
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--loop-items", type=int, default=16, help="items timed for the POT loop")
-    parser.add_argument("--steps", type=int, default=10, help="training steps timed per objective")
-    parser.add_argument("--out", type=Path, help="results JSON (default results/sinkhorn.json)")
-    parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md",
-                        help="the Sinkhorn section is rewritten here (never by --quick)")  # fmt: skip
-    parser.add_argument("--batches", type=int_list, help="comma list of B (default 32,256)")
-    parser.add_argument("--sizes", type=int_list, help="comma list of n = m (default 32,64,128)")
-    parser.add_argument(
-        "--bible", type=Path, default=BIBLE, help="folder with Swahili-NT.xml and English-KJV-NT.xml"
-    )
-    args = parser.parse_args()
-    if args.quick:
-        batches, sizes, args.repeats, args.loop_items, args.steps, step_batch = [4], [8], 2, 2, 1, 2
-    else:
-        batches, sizes, step_batch = [32, 256], [32, 64, 128], 16
-    batches, sizes = args.batches or batches, args.sizes or sizes
-    out = result_path(args.out, "sinkhorn.json", args.quick)
-
+    args = solver_args(__doc__).parse(**QUICK)
     env = environment()
-    rows = bench_solvers(batches, sizes, args.repeats, args.loop_items)
-    step = bench_step(step_batch, 64, args.steps, bible=args.bible, quick=args.quick)
+    rows = bench_solvers(args.batches, args.sizes, args.repeats, args.loop_items)
+    step = bench_step(args.step_batch, 64, args.steps, bible=args.bible, quick=args.quick)
     result = {
         "env": finish(env),
         "geomloss": geomloss_note(),
@@ -401,7 +340,7 @@ def main() -> None:
         "eps": EPS,
         "iters": ITERS,
         "loop_items": args.loop_items,
-        "step_batch": step_batch,
+        "step_batch": args.step_batch,
         "step_steps": args.steps,
         "solvers": rows,
         "step": step,
@@ -409,10 +348,10 @@ def main() -> None:
     }
     section = markdown(result)
     print(section)
-    write_result(out, result)
+    write_result(args, "sinkhorn.json", result)
     if not args.quick:
-        replace_section(args.results_md, section)
-        print(f"and the Sinkhorn section of {args.results_md}")
+        replace_section(RESULTS_MD, section)
+        print(f"and the Sinkhorn section of {RESULTS_MD}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,11 @@
 """bench/sinkhorn.py's solvers and training step on a device (a GPU), against its copy bandwidth.
 
-The same solvers as bench/sinkhorn.py (ours, POT's batch solver and POT's loop, on the same torch
-tensors on the device) in each of `--dtypes`, a device sync around every timed call, a solver that
-cannot run at a dtype reported instead of stopping the bench; the device's copy bandwidth (a large
-device-to-device copy, GB/s counting the bytes read + written); and each solve's time against that
-bandwidth for the bytes a solve must move:
-
-    bytes = (2 * iters + 2) * B * n * m * s  +  iters * B * (n + m) * s
-
-i.e. every iteration reads the (B, n, m) kernel (or, in the log domain, the cost) once per
-half-step (2 reads) and writes both scalings (or potentials), plus one read of the cost and one
-write of the plan; s = 4 bytes for ours (it solves bf16 in fp32), the input dtype's size for POT.
-It is a lower bound: building the logits/kernel and each logsumexp's temporaries add passes.
-Then the MiniLM training step of bench/sinkhorn.py with both encoders in the dtype (fp32 loss math).
-Writes results/sinkhorn-DEVICE.json (RESULTS.md is left alone); bench/gpu.sh runs it:
+In each of `--dtypes`: the solvers (ours, POT's batch solver, POT's loop) on the same torch tensors
+on the device, a device sync around every timed call, a solver that cannot run at a dtype reported
+instead of stopping the bench; each solve's time against the device's copy bandwidth (a large
+device-to-device copy, bytes read + written) for the bytes a solve must move (BYTE_MODEL); then the
+MiniLM training step with both encoders in the dtype (fp32 loss math). Writes
+results/sinkhorn-DEVICE.json (RESULTS.md is left alone); bench/gpu.sh runs it:
 
     python bench/sinkhorn_device.py --dtypes fp32,bf16 --batches 32,256,1024 --sizes 32,64,128,256
     python bench/sinkhorn_device.py --device cpu --quick   # seconds, anywhere; JSON to a temp folder
@@ -21,36 +13,14 @@ Writes results/sinkhorn-DEVICE.json (RESULTS.md is left alone); bench/gpu.sh run
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
 import torch
-from common import (
-    Stopwatch,
-    device_sync,
-    environment,
-    finish,
-    markdown_table,
-    result_path,
-    write_result,
-)
-from sinkhorn import BIBLE, EPS, ITERS, STEP_COLUMNS, bench_solvers, bench_step, int_list, step_rows
+from common import Stopwatch, device_sync, environment, finish, markdown_table, str_list, write_result
+from sinkhorn import EPS, ITERS, QUICK, STEP_COLUMNS, bench_solvers, bench_step, solver_args, step_rows
 
-SOLVER_COLUMNS = [
-    "dtype",
-    "B",
-    "n=m",
-    "solver",
-    "fwd ms",
-    "fwd+bwd ms",
-    "model MB",
-    "implied GB/s",
-    "of copy BW",
-    "floor ms",
-    "solver / ours fwd",
-    "marginal L1",
-]
+SOLVER_COLUMNS = ["dtype", "B", "n=m", "solver", "fwd ms", "fwd+bwd ms", "model MB", "implied GB/s",
+                  "of copy BW", "floor ms", "solver / ours fwd", "marginal L1"]  # fmt: skip
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BYTE_MODEL = (
     "bytes = (2 * iters + 2) * B * n * m * s + iters * B * (n + m) * s: each iteration reads the "
@@ -63,8 +33,8 @@ BYTE_MODEL = (
 
 
 def copy_bandwidth(device: torch.device, mib: int = 1024, repeats: int = 20) -> dict[str, float]:
-    """The device's copy bandwidth: median time of ``dst.copy_(src)`` over a ``mib`` MiB fp32 tensor,
-    counting the bytes read plus the bytes written (2 x size), in GB/s (1e9 bytes)."""
+    """Median time of ``dst.copy_(src)`` over a ``mib`` MiB fp32 tensor, as GB/s (1e9 bytes) of the
+    bytes read plus the bytes written (2 x size)."""
     sync = device_sync(device)
     numel = mib * 2**20 // 4
     src = torch.ones(numel, dtype=torch.float32, device=device)
@@ -82,10 +52,8 @@ def copy_bandwidth(device: torch.device, mib: int = 1024, repeats: int = 20) -> 
 
 
 def solve_bytes(batch: int, n: int, m: int, iters: int, element_size: int) -> int:
-    """Bytes one solve must move (the module doc's model): per iteration 2 reads of the (B, n, m)
-    kernel/cost and a write of both scalings, plus one read of the cost and one write of the plan."""
-    matrix = batch * n * m * element_size
-    return (2 * iters + 2) * matrix + iters * batch * (n + m) * element_size
+    """Bytes one solve must move (BYTE_MODEL)."""
+    return (2 * iters + 2) * batch * n * m * element_size + iters * batch * (n + m) * element_size
 
 
 def bandwidth_rows(rows: list[dict], dtype: torch.dtype, copy_gb_per_s: float) -> list[dict]:
@@ -95,16 +63,9 @@ def bandwidth_rows(rows: list[dict], dtype: torch.dtype, copy_gb_per_s: float) -
         size = 4 if row["solver"] == "ours" else torch.tensor([], dtype=dtype).element_size()
         moved = solve_bytes(row["B"], row["n"], row["n"], ITERS, size)
         implied = moved / row["fwd_s"] / 1e9
-        out.append(
-            row
-            | {
-                "model_bytes": moved,
-                "element_size": size,
-                "implied_gb_per_s": implied,
-                "fraction_of_copy_bw": implied / copy_gb_per_s,
-                "floor_s": moved / (copy_gb_per_s * 1e9),
-            }
-        )
+        out.append(row | {"model_bytes": moved, "element_size": size, "implied_gb_per_s": implied,
+                          "fraction_of_copy_bw": implied / copy_gb_per_s,
+                          "floor_s": moved / (copy_gb_per_s * 1e9)})  # fmt: skip
     return out
 
 
@@ -142,65 +103,31 @@ def device_markdown(result: dict) -> str:
     ]
     if result["failures"]:
         lines += ["", "Failed (left out): " + "; ".join(f"{k}: {v}" for k, v in result["failures"].items())]
-    if result.get("step"):
-        rows = [[name, *row] for name, step in result["step"].items() for row in step_rows(step, digits=2)]
-        lines += [
-            "",
-            f"Training step, batch {result['step_batch']}, max_length 64, all-MiniLM-L6-v2 teacher and "
-            f"student in the dtype, fp32 loss math; median ms over {result['step_steps']} steps.",
-            "",
-            markdown_table(["dtype", "objective", *STEP_COLUMNS], rows),
-        ]
+    rows = [[name, *row] for name, step in result["step"].items() for row in step_rows(step, digits=2)]
+    lines += [
+        "",
+        f"Training step, batch {result['step_batch']}, max_length 64, all-MiniLM-L6-v2 teacher and "
+        f"student in the dtype, fp32 loss math; median ms over {result['step_steps']} steps.",
+        "",
+        markdown_table(["dtype", "objective", *STEP_COLUMNS], rows),
+    ]
     return "\n".join(lines) + "\n"
 
 
-def check_device(args: argparse.Namespace) -> torch.device:
-    """The device, usable (else a one-line exit naming why), with fp32 meaning fp32 on a GPU."""
+def main() -> None:
+    parser = solver_args(__doc__)
+    parser.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu: where the solvers run")
+    parser.add_argument("--dtypes", type=str_list, default=["fp32", "bf16"], help="of fp32, bf16, fp16")
+    parser.add_argument("--bandwidth-mib", type=int, default=1024, help="size of the copy timed")
+    args = parser.parse(**QUICK, bandwidth_mib=64)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--device {args.device}: torch.cuda.is_available() is False (torch {torch.__version__}, "
-            f"built for CUDA {torch.version.cuda}); no usable NVIDIA GPU here"
-        )
-    unknown = [d for d in args.dtypes if d not in DTYPES]
-    if unknown:
+        why = f"torch {torch.__version__}, built for CUDA {torch.version.cuda}"
+        raise SystemExit(f"--device {args.device}: torch.cuda.is_available() is False ({why}); no usable GPU")
+    if unknown := [d for d in args.dtypes if d not in DTYPES]:
         raise SystemExit(f"--dtypes: unknown {unknown}; choose from {sorted(DTYPES)}")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would change the numbers
-        torch.backends.cudnn.allow_tf32 = False
-    return device
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu: where the solvers run")
-    parser.add_argument(
-        "--dtypes",
-        type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
-        default=["fp32", "bf16"],
-        help="comma list of fp32, bf16, fp16 (default fp32,bf16)",
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, steps, model; JSON in a temp dir")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--loop-items", type=int, default=16, help="items timed for the POT loop")
-    parser.add_argument("--steps", type=int, default=10, help="training steps timed per objective")
-    parser.add_argument("--batches", type=int_list, help="comma list of B (default 32,256)")
-    parser.add_argument("--sizes", type=int_list, help="comma list of n = m (default 32,64,128)")
-    parser.add_argument("--no-step", action="store_true", help="skip the MiniLM training step")
-    parser.add_argument("--bandwidth-mib", type=int, default=1024, help="size of the copy timed")
-    parser.add_argument("--out", type=Path, help="results JSON (default results/sinkhorn-DEVICE.json)")
-    parser.add_argument(
-        "--bible", type=Path, default=BIBLE, help="folder with Swahili-NT.xml and English-KJV-NT.xml"
-    )
-    args = parser.parse_args()
-    if args.quick:
-        batches, sizes, step_batch = [4], [8], 2
-        args.repeats, args.loop_items, args.steps, args.bandwidth_mib = 2, 2, 1, min(args.bandwidth_mib, 64)
-    else:
-        batches, sizes, step_batch = [32, 256], [32, 64, 128], 16
-    batches, sizes = args.batches or batches, args.sizes or sizes
-    device = check_device(args)
-    out = result_path(args.out, f"sinkhorn-{device.type}.json", args.quick)
+    if device.type == "cuda":  # TF32 would change the numbers
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
     env = environment(args.device)
     bandwidth = copy_bandwidth(device, args.bandwidth_mib)
@@ -211,11 +138,10 @@ def main() -> None:
         dtype = DTYPES[dtype_name]
         print(f"--- {dtype_name} ---")
         found: dict[str, str] = {}
-        rows = bench_solvers(batches, sizes, args.repeats, args.loop_items, device, dtype, found)
+        rows = bench_solvers(args.batches, args.sizes, args.repeats, args.loop_items, device, dtype, found)
         failures.update({f"{dtype_name} {k}": v for k, v in found.items()})
         per_dtype[dtype_name] = bandwidth_rows(rows, dtype, bandwidth["gb_per_s"])
-        if not args.no_step:
-            steps[dtype_name] = bench_step(step_batch, 64, args.steps, device, dtype, args.bible, args.quick)
+        steps[dtype_name] = bench_step(args.step_batch, 64, args.steps, device, dtype, args.bible, args.quick)
     result = {
         "env": finish(env),
         "quick": args.quick,
@@ -227,13 +153,13 @@ def main() -> None:
         "byte_model": BYTE_MODEL,
         "solvers": per_dtype,
         "failures": failures,
-        "step_batch": step_batch,
+        "step_batch": args.step_batch,
         "step_steps": args.steps,
         "step": steps,
     }
     result["markdown"] = device_markdown(result)
     print(result["markdown"])
-    write_result(out, result)
+    write_result(args, f"sinkhorn-{device.type}.json", result)
 
 
 if __name__ == "__main__":

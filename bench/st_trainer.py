@@ -1,54 +1,33 @@
 """dist-optical against sentence-transformers' own trainer: the same student, data, batch and
 objective (MSE distillation, Reimers & Gurevych 2020), trained side by side in one run.
 
-    python bench/st_trainer.py                 # 5 warm-up + 40 measured steps per side (~7 min, 2 cores)
-    python bench/st_trainer.py --quick   # both sides on configs/tiny.yaml's tiny BERT, 4 steps (~1 min)
+    python bench/st_trainer.py           # 5 warm-up + 40 measured steps per side (~7 min, 2 cores)
+    python bench/st_trainer.py --quick   # every side on configs/tiny.yaml's tiny BERT, 1 + 3 steps
 
-The frozen teacher (multilingual-e5-small, mean pooling, max_length 64, no prefix) embeds the
-English side of Swahili-English New Testament verse pairs (REV held out); the student, initialised
-from the same e5 weights, is trained so that its mean-pooled embedding of the Swahili side matches
-the teacher's English embedding. Batch 16, the lr / warm-up / weight decay / clipping of
-configs/default.yaml (and TrainConfig's defaults), AdamW, fp32, CPU, no evaluation, no checkpoint
-inside the timed steps. The sides run one after the other (never at once), each in its own process
-with the same torch thread count:
+The frozen teacher (multilingual-e5-small) embeds the English side of Swahili-English NT pairs
+(REV held out); the student, initialised from it, learns to match it from the Swahili side. Batch
+16, max_length 64, fp32, CPU, configs/default.yaml's AdamW settings. The sides run one after the
+other, each in its own process on the same thread count:
 
-1. dist-optical, trimmed vocabulary (`model.trim_vocab=true`, the default): a real
-   `python -m dist_optical train --config configs/default.yaml loss={mse: 1.0} ...` run, Swahili only;
-2. dist-optical, full vocabulary (`model.trim_vocab=false`: the full 250k-row embedding table,
-   what the sentence-transformers trainer trains);
-3. sentence-transformers: `SentenceTransformerTrainer` + `losses.MSELoss`, the student a
-   `SentenceTransformer` of `Transformer(local e5 folder) + Pooling("mean")`; the teacher
-   embeddings precomputed as its docs show (`datasets.Dataset.map` with `teacher.encode` into a
-   `label` column), and timed separately. Run once per `--st-optims` entry: by default with the
-   trainer's own default optimizer (`adamw_torch_fused`), then with `adamw_torch` (unfused torch
-   AdamW, the kernel DeepSpeed's `torch_adam` runs), so the optimizer's share is visible.
+1. dist-optical, trimmed vocabulary (the default): a real `python -m dist_optical train` run;
+2. dist-optical, full vocabulary (`model.trim_vocab=false`, what ST trains: 250k embedding rows);
+3. sentence-transformers, once per `--st-optims` entry (its default `adamw_torch_fused`, then the
+   unfused `adamw_torch` DeepSpeed's torch_adam runs): `SentenceTransformerTrainer` +
+   `losses.MSELoss`, the teacher's embeddings precomputed into a `label` column as its docs show.
 
-What a step's time covers. dist-optical (`samples_per_s` in RUN/metrics.jsonl): fetching the
-batch from its loader (tokenized in a DataLoader worker), the teacher's English side (read from
-the teacher cache with today's default `train.teacher_cache: fp16`, which is built once before the
-timed steps, like ST's precomputed labels; live with `none`), student forward + backward, the
-DeepSpeed (ZeRO-1, fused AdamW) optimizer step, the loss
-`.item()`. sentence-transformers: the time between consecutive `on_step_end` callbacks: fetching the
-batch (tokenized by the collator in the main process), student forward + backward, clipping,
-optimizer + scheduler step, zero_grad and the Trainer's per-step logging; the teacher is NOT in it
-(it was precomputed). So "training steps only" compares ST without its teacher against dist-optical
-with it; "including teacher embeddings" adds ST's measured teacher-embedding time per sample to its
-steps, which is the like-for-like figure. The first `--warmup` steps of each side are left out.
-
-Both sides run fp32 at max_length 64 whatever the config's default (`train.precision=fp32`,
-`model.max_length=64` for dist-optical). Writes bench/results/st_trainer.json (--quick: a temp
-folder; or --out) and prints a Markdown table.
+A dist-optical step covers loader fetch, teacher (its cache, built before the timed steps), student
+forward + backward, optimizer step and loss `.item()`; an ST step (`on_step_end` to `on_step_end`)
+all of that but the precomputed teacher, whose measured time per sample the "its time added" rows
+add (the like-for-like figure). The first `--warmup` steps of each side are left out.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +37,7 @@ from pathlib import Path
 from common import (
     REPO,
     TINY,
+    Parser,
     Stopwatch,
     bench_encoder,
     child_env,
@@ -65,7 +45,8 @@ from common import (
     finish,
     load1,
     markdown_table,
-    result_path,
+    run_child,
+    str_list,
     write_result,
 )
 
@@ -85,8 +66,7 @@ TABLE_COLUMNS = ["side", "vocabulary", "optimizer", "teacher", "samples/s (media
 
 @dataclass(frozen=True)
 class Bench:
-    """What every side runs with: the config its settings come from, the steps, the threads, and
-    the model both sides start from (the e5 folder; with --quick the tiny config's random BERT)."""
+    """What every side runs with; ``model_path``: the e5 folder, or --quick's tiny random BERT."""
 
     config: Path
     warmup: int
@@ -104,7 +84,7 @@ class Bench:
 
 def train_settings(config: Path) -> dict:
     """lr, warm-up, clipping, weight decay, batch, seed as dist-optical resolves them from the config."""
-    cfg = load_config(config, [])
+    cfg = load_config(config)
     t = cfg.train
     return {
         "micro_batch_size": t.micro_batch_size,
@@ -137,8 +117,7 @@ def first_pairs(settings: dict, count: int) -> list[tuple[str, str]]:
 
 
 def tiny_model_folder(config: Path, folder: Path) -> str:
-    """--quick: the tiny config's seeded random BERT and its tokenizer as a Hugging Face folder, the
-    same weights dist-optical's side builds from `model.tiny`, for the ST side to load."""
+    """--quick: the tiny random BERT dist-optical's side builds from `model.tiny`, as a folder for ST."""
     from dist_optical.models import load_tokenizer
 
     name = load_config(config).model.teacher
@@ -148,35 +127,13 @@ def tiny_model_folder(config: Path, folder: Path) -> str:
     return str(folder)
 
 
-# ---------------------------------------------------------------------------------------- dist-optical
-
-
-def dist_optical_overrides(bench: Bench, trim: bool) -> list[str]:
-    overrides = [
-        "loss={mse: 1.0}",
-        f"train.max_steps={bench.total}",
-        "train.eval_every=0",
-        "train.save_every=0",
-        # as the ST side: fp32 and MAX_LENGTH tokens, whatever the config's default
-        "train.precision=fp32",
-        f"model.max_length={MAX_LENGTH}",
-        f"data.bitexts=[{{lang: {LANG}, files: [{', '.join(FILES)}]}}]",
-        f"model.trim_vocab={'true' if trim else 'false'}",
-    ]
-    if bench.quick:  # its shards and teacher cache in the temp folder, never in shards/
-        overrides.append(f"data.shards={bench.tmp / 'shards'}")
-    return overrides
-
-
 def side_figures(metrics: list[dict], warmup: int, batch: int) -> dict:
     """Throughput over the steps after ``warmup`` and the MSE's course, from RUN/metrics.jsonl."""
     timed = metrics[warmup:]
-    seconds = [1.0 / m["samples_per_s"] for m in timed]  # seconds per sample, each step
     return {
         "steps_measured": len(timed),
         "samples_per_s_median": statistics.median(m["samples_per_s"] for m in timed),
-        # all measured samples / all measured seconds (each step's seconds per sample, summed)
-        "samples_per_s_mean": len(timed) / sum(seconds),
+        "samples_per_s_mean": len(timed) / sum(1.0 / m["samples_per_s"] for m in timed),  # samples / seconds
         "step_s_median": statistics.median(batch / m["samples_per_s"] for m in timed),
         "loss_first": metrics[0]["loss"],
         "loss_last5": statistics.mean(m["loss"] for m in metrics[-5:]),
@@ -184,33 +141,34 @@ def side_figures(metrics: list[dict], warmup: int, batch: int) -> dict:
     }
 
 
-def kept_vocab_rows(out: Path) -> int | None:
-    with contextlib.suppress(Exception):
-        return int(json.loads((out / "vocab.json").read_text())["rows"])
-    return None
-
-
 def run_dist_optical(bench: Bench, trim: bool) -> dict:
-    """A real `python -m dist_optical train` run of the MSE objective, Swahili only."""
+    """A real `python -m dist_optical train` run of the MSE objective, Swahili only, fp32 and
+    MAX_LENGTH tokens as the ST side (whatever the config's default)."""
     vocab = "trimmed" if trim else "full"
     out = bench.tmp / f"dist-optical-{vocab}"
     cmd = [sys.executable, "-m", "dist_optical", "train", "--config", os.path.relpath(bench.config, REPO),
-           "--out", str(out), *dist_optical_overrides(bench, trim)]  # fmt: skip
+           "--out", str(out), "loss={mse: 1.0}", f"train.max_steps={bench.total}", "train.eval_every=0",
+           "train.save_every=0", "train.precision=fp32", f"model.max_length={MAX_LENGTH}",
+           f"data.bitexts=[{{lang: {LANG}, files: [{', '.join(FILES)}]}}]",
+           f"model.trim_vocab={'true' if trim else 'false'}"]  # fmt: skip
+    if bench.quick:  # its shards and teacher cache in the temp folder, never in shards/
+        cmd.append(f"data.shards={bench.tmp / 'shards'}")
     load_before, watch = load1(), Stopwatch()
-    proc = subprocess.run(cmd, env=child_env(bench.threads), cwd=REPO, capture_output=True, text=True)
+    run_child(cmd, bench.threads, f"dist-optical ({vocab})")
     wall, load_after = watch.lap("run"), load1()
-    if proc.returncode != 0:
-        raise RuntimeError(f"dist-optical ({vocab}) failed:\n{proc.stderr[-4000:]}")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if len(metrics) != bench.total:
         raise RuntimeError(
             f"dist-optical wrote {len(metrics)} steps to metrics.jsonl, expected {bench.total}"
         )
+    kept = None
+    with contextlib.suppress(Exception):
+        kept = int(json.loads((out / "vocab.json").read_text())["rows"])
     return {
         "side": f"dist-optical, {vocab} vocabulary",
         "command": shlex.join(["dist-optical", *cmd[3:7], "DIR", *cmd[8:]]),
         "trim_vocab": trim,
-        "kept_vocab_rows": kept_vocab_rows(out),
+        "kept_vocab_rows": kept,
         "steps_total": bench.total,
         **side_figures(metrics, bench.warmup, bench.settings["micro_batch_size"]),
         "wall_s": wall,
@@ -219,11 +177,6 @@ def run_dist_optical(bench: Bench, trim: bool) -> dict:
         "includes": "loader fetch (tokenized in 1 DataLoader worker) + teacher forward (live) + student "
         "forward/backward + DeepSpeed ZeRO-1 AdamW step + loss .item()",
     }
-
-
-# ----------------------------------------------------------------------------- sentence-transformers
-# The ST side runs in its own process (`--st-worker`): st_worker -> st_model, teacher_labels,
-# teacher_agreement, train_st -> st_figures.
 
 
 def st_model(path: str, frozen: bool = False):
@@ -307,28 +260,14 @@ def train_st(student, dataset, job: dict, optim: str) -> dict:
 
     s, timer = job["settings"], step_timer()
     with tempfile.TemporaryDirectory() as out:
+        # lr schedule "linear": DeepSpeed's WarmupDecayLR (linear warm-up, linear decay to 0)
         training_args = SentenceTransformerTrainingArguments(
-            output_dir=out,
-            max_steps=job["total_steps"],
-            per_device_train_batch_size=s["micro_batch_size"],
-            learning_rate=s["lr"],
-            warmup_steps=s["warmup_steps"],
-            lr_scheduler_type="linear",  # DeepSpeed's WarmupDecayLR: linear warm-up, linear decay to 0
-            weight_decay=s["weight_decay"],
-            max_grad_norm=s["grad_clip"],
-            optim=optim,
-            seed=s["seed"],
-            use_cpu=True,
-            bf16=False,
-            fp16=False,
-            dataloader_drop_last=True,
-            dataloader_num_workers=0,
-            eval_strategy="no",
-            save_strategy="no",
-            logging_steps=1,
-            report_to="none",
-            disable_tqdm=True,
-        )
+            output_dir=out, max_steps=job["total_steps"], per_device_train_batch_size=s["micro_batch_size"],
+            learning_rate=s["lr"], warmup_steps=s["warmup_steps"], lr_scheduler_type="linear",
+            weight_decay=s["weight_decay"], max_grad_norm=s["grad_clip"], optim=optim, seed=s["seed"],
+            use_cpu=True, bf16=False, fp16=False, dataloader_drop_last=True, dataloader_num_workers=0,
+            eval_strategy="no", save_strategy="no", logging_steps=1, report_to="none", disable_tqdm=True,
+        )  # fmt: skip
         trainer = SentenceTransformerTrainer(model=student, args=training_args, train_dataset=dataset,
                                              loss=losses.MSELoss(student), callbacks=[timer])  # fmt: skip
         load_before, watch = load1(), Stopwatch()
@@ -380,36 +319,30 @@ def st_figures(job: dict, optim: str, labels: dict, agreement: float, trained: d
     }
 
 
-def st_worker(args: argparse.Namespace) -> None:
-    """The sentence-transformers side, in its own process; writes its result JSON to ``args.result``."""
+def st_worker(job_path: Path) -> None:
+    """The sentence-transformers side, in its own process; writes its figures to the job's ``result``."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    job = json.loads(Path(args.job).read_text())
+    job = json.loads(Path(job_path).read_text())
+    torch.set_num_threads(job["threads"])
     teacher, student = st_model(job["model_path"], frozen=True), st_model(job["model_path"])
     labels = teacher_labels(teacher, job)
     agreement = teacher_agreement(teacher, labels["dataset"], job)
-    trained = train_st(student, labels["dataset"], job, args.st_optim)
-    write_json(Path(args.result), st_figures(job, args.st_optim, labels, agreement, trained, student))
+    trained = train_st(student, labels["dataset"], job, job["optim"])
+    write_json(Path(job["result"]), st_figures(job, job["optim"], labels, agreement, trained, student))
 
 
 def run_st(bench: Bench, pairs: list[tuple[str, str]], optim: str) -> dict:
     job, result = bench.tmp / "st-job.json", bench.tmp / "st-result.json"
     job.write_text(json.dumps({"pairs": pairs, "settings": bench.settings, "total_steps": bench.total,
-                               "warmup": bench.warmup, "model_path": bench.model_path}))  # fmt: skip
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--st-worker", "--job", str(job), "--result",
-           str(result), "--threads", str(bench.threads), "--st-optim", optim]  # fmt: skip
+                               "warmup": bench.warmup, "model_path": bench.model_path, "optim": optim,
+                               "threads": bench.threads, "result": str(result)}))  # fmt: skip
     load_before, watch = load1(), Stopwatch()
-    proc = subprocess.run(cmd, env=child_env(bench.threads), cwd=REPO, capture_output=True, text=True)
-    wall = watch.lap("run")
-    if proc.returncode != 0:
-        raise RuntimeError(f"sentence-transformers side failed:\n{proc.stderr[-4000:]}")
+    run_child([sys.executable, str(Path(__file__).resolve()), "--st-worker", str(job)], bench.threads,
+              "sentence-transformers side")  # fmt: skip
     out = json.loads(result.read_text())
-    out.update(wall_s=wall, load1_before_process=load_before, load1_after_process=load1())
+    out.update(wall_s=watch.lap("run"), load1_before_process=load_before, load1_after_process=load1())
     return out
-
-
-# ------------------------------------------------------------------------------------------- report
 
 
 def run_sides(bench: Bench, pairs: list[tuple[str, str]], st_optims: list[str]) -> dict[str, dict]:
@@ -456,17 +389,14 @@ def dist_optical_setup(config: Path) -> tuple[str, str]:
 def table(result: dict) -> str:
     sides, r = result["sides"], result["ratios"]
     trim, full = sides["dist_optical_trimmed"], sides["dist_optical_full"]
+    ds_optim, teacher = dist_optical_setup(REPO / result["config"])
     rows = []
 
-    def ratio(x):
-        return f"{x:.2f}x" if x is not None else ""
+    def row(name, vocab, optim, teacher, med, mean, step_s, side, *ratios):
+        rows.append([name, vocab, optim, teacher, f"{med:.2f}", f"{mean:.2f}", f"{step_s:.3f}",
+                     f"{side['load1_before']} → {side['load1_after']}",
+                     *(f"{x:.2f}x" for x in ratios), *[""] * (2 - len(ratios))])  # fmt: skip
 
-    def row(name, vocab, optim, teacher, med, mean, step_s, side, vs_trim=None, vs_full=None):
-        loads = f"{side['load1_before']} → {side['load1_after']}"
-        rows.append([name, vocab, optim, teacher, f"{med:.2f}", f"{mean:.2f}", f"{step_s:.3f}", loads]
-                    + [ratio(vs_trim), ratio(vs_full)])  # fmt: skip
-
-    ds_optim, teacher = dist_optical_setup(REPO / result["config"])
     row("dist-optical", f"trimmed ({trim['kept_vocab_rows'] or '?'} rows)", ds_optim, teacher,
         trim["samples_per_s_median"], trim["samples_per_s_mean"], trim["step_s_median"], trim)  # fmt: skip
     row("dist-optical", FULL_VOCAB, ds_optim, teacher, full["samples_per_s_median"],
@@ -475,11 +405,10 @@ def table(result: dict) -> str:
     for key, st in sides.items():
         if not key.startswith("st_"):
             continue
-        q = r[key]
+        q, per = r[key], st["teacher_embedding_s"] / st["teacher_embedding_sentences"]
         row("sentence-transformers", FULL_VOCAB, st["optim"], "precomputed, not in the step",
             st["samples_per_s_median"], st["samples_per_s_mean"], st["step_s_median"], st,
             q["trimmed_vs_steps_only"], q["full_vs_steps_only"])  # fmt: skip
-        per = st["teacher_embedding_s"] / st["teacher_embedding_sentences"]
         row("sentence-transformers", FULL_VOCAB, st["optim"], "precomputed, its time added",
             st["with_teacher_samples_per_s_median"], st["with_teacher_samples_per_s_mean"],
             st["step_s_median"] + per * result["batch"], st,
@@ -501,42 +430,18 @@ def table(result: dict) -> str:
     ])  # fmt: skip
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main() -> None:
+    if sys.argv[1:2] == ["--st-worker"]:
+        st_worker(Path(sys.argv[2]))
+        return
+    parser = Parser(__doc__)
     parser.add_argument("--steps", type=int, default=40, help="measured steps per side")
     parser.add_argument("--warmup", type=int, default=5, help="steps run first and left out of the figures")
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS) for every side"
-    )
-    parser.add_argument(
-        "--st-optims",
-        default="adamw_torch_fused,adamw_torch",
-        help="the ST trainer's optimizers, one ST run each (default: its own default, fused, then "
-        "adamw_torch: torch AdamW unfused, the kernel DeepSpeed's torch_adam runs)",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="both sides on a tiny BERT, 4 steps: a smoke run"
-    )
-    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/st_trainer.json)")
-    parser.add_argument("--st-optim", help=argparse.SUPPRESS)  # the worker's one optimizer
-    parser.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--job", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        args.warmup, args.steps, args.threads, args.st_optims = 1, 3, 1, "adamw_torch"
-    return args
-
-
-def main() -> None:
-    args = parse_args()
-    if args.st_worker:
-        st_worker(args)
-        return
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS), every side")
+    parser.add_argument("--st-optims", type=str_list, default=["adamw_torch_fused", "adamw_torch"],
+                        help="the ST trainer's optimizers, one ST run each")  # fmt: skip
+    args = parser.parse(warmup=1, steps=3, threads=1, st_optims=["adamw_torch"])
     os.environ.update(child_env(args.threads))
-    out = result_path(args.out, "st_trainer.json", args.quick)
     config = TINY if args.quick else CONFIG
     settings = train_settings(config)
     if not args.quick and settings["micro_batch_size"] != 16:
@@ -553,7 +458,7 @@ def main() -> None:
             config, args.warmup, args.steps, args.threads, args.quick, Path(tmp), settings, model_path
         )
         pairs = first_pairs(settings, bench.total * settings["micro_batch_size"])
-        sides = run_sides(bench, pairs, [o.strip() for o in args.st_optims.split(",") if o.strip()])
+        sides = run_sides(bench, pairs, args.st_optims)
     result = {
         "env": finish(env),
         "config": os.path.relpath(config, REPO),
@@ -577,7 +482,7 @@ def main() -> None:
     result["table"] = table(result)
     print()
     print(result["table"])
-    write_result(out, result)
+    write_result(args, "st_trainer.json", result)
 
 
 if __name__ == "__main__":
