@@ -10,7 +10,7 @@ from torch import Tensor
 
 from dist_optical.config import Config, repo_path
 from dist_optical.eval.cache import EmbeddingCache
-from dist_optical.eval.metrics import evaluate_parallel, evaluate_qrels, gold_ranks
+from dist_optical.eval.metrics import evaluate_qrels, parallel_ranks, retrieval_metrics
 from dist_optical.eval.sets import EvalData, load_eval_set
 from dist_optical.models.encoder import Encoder
 
@@ -69,13 +69,10 @@ class Evaluator:
         results = {}
         for name, data in self.sets.items():
             if data.relevant is None:
-                results[name] = evaluate_parallel(queries[name], targets[name])
+                gold = parallel_ranks(queries[name], targets[name])
+                results[name] = {direction: retrieval_metrics(r) for direction, r in gold.items()}
                 if ranks is not None:
-                    gold, scores = torch.arange(len(data.queries)), queries[name] @ targets[name].T
-                    ranks[name] = {
-                        "src->tgt": gold_ranks(scores, gold).tolist(),
-                        "tgt->src": gold_ranks(scores.T, gold).tolist(),
-                    }
+                    ranks[name] = {direction: r.tolist() for direction, r in gold.items()}
             else:
                 results[name] = evaluate_qrels(queries[name], targets[name], data.relevant, data.gains)
         return results

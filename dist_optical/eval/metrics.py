@@ -64,18 +64,21 @@ def retrieval_metrics(ranks: Tensor, k: int = 10) -> dict[str, float]:
     return graded_metrics(ranks[:, None], torch.ones(len(ranks), 1), k)
 
 
-def evaluate_parallel(query_emb: Tensor, target_emb: Tensor) -> dict[str, dict[str, float]]:
-    """Line i of queries translates line i of targets; both directions, cosine scores."""
+def parallel_ranks(query_emb: Tensor, target_emb: Tensor) -> dict[str, Tensor]:
+    """Line i of queries translates line i of targets: each line's 1-based gold rank, both
+    directions, cosine scores."""
     if len(query_emb) != len(target_emb):
         raise ValueError(
             f"parallel evaluation needs aligned sides: {len(query_emb)} vs {len(target_emb)} lines"
         )
     gold = torch.arange(len(query_emb))
     scores = query_emb @ target_emb.T
-    return {
-        "src->tgt": retrieval_metrics(gold_ranks(scores, gold)),
-        "tgt->src": retrieval_metrics(gold_ranks(scores.T, gold)),
-    }
+    return {"src->tgt": gold_ranks(scores, gold), "tgt->src": gold_ranks(scores.T, gold)}
+
+
+def evaluate_parallel(query_emb: Tensor, target_emb: Tensor) -> dict[str, dict[str, float]]:
+    """Line i of queries translates line i of targets; both directions, cosine scores."""
+    return {d: retrieval_metrics(ranks) for d, ranks in parallel_ranks(query_emb, target_emb).items()}
 
 
 def evaluate_qrels(
