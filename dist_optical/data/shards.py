@@ -157,18 +157,10 @@ def build_shards(
     """
     inputs = check_bitext_files(inputs)  # before hashing them for the key
     out_dir = Path(out_dir)
-    exclude_books = list(exclude_books)
-    prefix = prefix or f"{src_lang}-{tgt_lang}"
-    args = {
-        "src_lang": src_lang,
-        "tgt_lang": tgt_lang,
-        "pairs_per_shard": pairs_per_shard,
-        "max_shard_bytes": max_shard_bytes,
-        "max_chars": max_chars,
-        "exclude_books": exclude_books,
-        "prefix": prefix,
-        "workers": workers,
-    }
+    key = shard_key(
+        inputs, src_lang, tgt_lang, pairs_per_shard, max_shard_bytes, max_chars, exclude_books, prefix
+    )
+    args = {**{name: key[name] for name in _CONTENT_ARGS}, "workers": workers}
     built: list[dict[str, Any]] = []
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -176,7 +168,6 @@ def build_shards(
         return {}
 
     start = time.perf_counter()
-    key = shard_key(inputs, **{name: args[name] for name in _CONTENT_ARGS})
     artifacts.build_once(out_dir, build, "the shards", wait, key=key, adopt=_adopt)
     if not built:  # a complete build of the same inputs and arguments: opened as it is
         return load_manifest(out_dir)
@@ -240,10 +231,7 @@ def shard_key(
 ) -> dict[str, Any]:
     """What a shard folder's content is a function of (its marker's ``key``): the format version, the
     inputs' sha256s and the arguments of ``build_shards`` that change the shards."""
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "sources": [input_sha256(Path(p)) for p in inputs],
+    args = {
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
         "pairs_per_shard": pairs_per_shard,
@@ -251,6 +239,17 @@ def shard_key(
         "max_chars": max_chars,
         "exclude_books": list(exclude_books),
         "prefix": prefix or f"{src_lang}-{tgt_lang}",
+    }
+    return _key(FORMAT, VERSION, [input_sha256(Path(p)) for p in inputs], args)
+
+
+def _key(format_: str, version: int, sources: list[str], args: dict[str, Any]) -> dict[str, Any]:
+    """A shard folder's marker key: its format and version, the inputs' sha256s, the content args."""
+    return {
+        "format": format_,
+        "version": version,
+        "sources": sources,
+        **{name: args[name] for name in _CONTENT_ARGS},
     }
 
 
@@ -301,13 +300,8 @@ def _adopt(out_dir: Path) -> dict[str, Any] | None:
             "`dist-optical shard` wrote"
         )
     try:
-        args = manifest["args"]
-        key = {
-            "format": manifest["format"],
-            "version": manifest["version"],
-            "sources": [s["sha256"] for s in manifest["sources"]],
-            **{name: args[name] for name in _CONTENT_ARGS},
-        }
+        sources = [s["sha256"] for s in manifest["sources"]]
+        key = _key(manifest["format"], manifest["version"], sources, manifest["args"])
         intact = all(
             (out_dir / name).is_file()
             and (out_dir / name).stat().st_size == s["bytes"]
