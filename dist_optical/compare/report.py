@@ -356,6 +356,7 @@ def _interval(test: dict[str, Any], mark: bool = True) -> str:
 
 
 VIEWS = [(protocol, direction) for protocol in PROTOCOLS for direction in DIRECTIONS]
+VERDICT_KINDS = ("better", "worse", "equivalent", "undecided")  # what `stats.verdict` answers
 
 
 def verdicts(results: dict[str, Any], spec: Spec) -> dict[str, Any]:
@@ -422,8 +423,7 @@ def answer(judged: dict[str, Any]) -> list[str]:
         for name, objectives in sets.items():
             for objective, views in objectives.items():
                 for view, decided in views.items():
-                    kinds = ("better", "worse", "equivalent", "undecided")
-                    tally = counts.setdefault(objective, dict.fromkeys(kinds, 0))
+                    tally = counts.setdefault(objective, dict.fromkeys(VERDICT_KINDS, 0))
                     tally[decided["kind"]] += 1
                     if decided["kind"] in found:
                         found[decided["kind"]].append(
