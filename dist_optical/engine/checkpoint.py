@@ -221,13 +221,18 @@ def check_inputs(saved: dict[str, str], current: dict[str, str]) -> None:
             )
 
 
+def saved_meta(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+    """A complete tag's marker: its step, world size, ZeRO stage and files."""
+    return json.loads((ckpt_dir / tag / META).read_text(encoding="utf-8"))
+
+
 def prepare_elastic(ckpt_dir: Path, tag: str, world_size: int, is_main: bool) -> tuple[Path, str, bool]:
     """Where to load from at this world size: the checkpoint itself, or (ZeRO >= 1 saved at another
     world size) a DeepSpeed universal conversion of it, built once on the main rank as an artifact
     (artifacts.build_once, keyed by the tag's marker: a tag saved again is converted again).
 
     Returns (load_dir, tag, load_universal)."""
-    meta = json.loads((ckpt_dir / tag / META).read_text(encoding="utf-8"))
+    meta = saved_meta(ckpt_dir, tag)
     if meta["world_size"] == world_size or meta["zero_stage"] == 0:  # stage 0 holds whole optimizer state
         return ckpt_dir, tag, False
     universal = ckpt_dir / "universal" / tag

@@ -33,7 +33,9 @@ def with_native_precision(cfg: Config, device: torch.device) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
-def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
+def build_ds_config(train: TrainConfig, world_size: int, stage: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config of a run at ``world_size`` ranks, at ZeRO ``stage`` (a resumed run keeps
+    its checkpoint's: its optimizer state is laid out for it) or else `zero_stage`'s choice."""
     path = repo_path(train.deepspeed)
     if not path.is_file():
         raise ConfigError(f"train.deepspeed: DeepSpeed config {path} not found")
@@ -56,6 +58,12 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
             )
         ds[key] = expected
     ds["gradient_clipping"] = train.grad_clip
+    zero = ds.setdefault("zero_optimization", {})
+    chosen = zero_stage(zero, world_size) if stage is None else stage
+    if chosen != zero.get("stage", 0):
+        why = "one rank: nothing to partition" if stage is None else "the stage given (a checkpoint's)"
+        log.info("ZeRO stage %s -> %s (%s)", zero.get("stage", 0), chosen, why)
+    zero["stage"] = chosen
     optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
     optimizer.setdefault("params", {}).update(lr=train.lr, weight_decay=train.weight_decay)
     scheduler = ds.get("scheduler")
@@ -67,6 +75,17 @@ def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
         )
     ds["bf16"] = {"enabled": train.precision == "bf16"}
     return ds
+
+
+def zero_stage(zero: dict[str, Any], world_size: int) -> int:
+    """The ZeRO stage a fresh run trains at. On one rank, stage 0 unless the JSON offloads: there is
+    nothing to partition, and ZeRO's flat fp32 copies of every parameter only add work
+    (bench/optimizer.py). On several ranks, the JSON's: each rank holds its share of the optimizer
+    state. (A resumed run keeps its checkpoint's stage; a universal conversion changes the world
+    size, not the stage.)"""
+    if world_size == 1 and not any(key.startswith("offload") for key in zero):
+        return 0
+    return zero.get("stage", 0)
 
 
 def wrap_student(student: nn.Module, ds_config: dict[str, Any]):
