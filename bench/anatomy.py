@@ -70,9 +70,20 @@ def timed_step(run, batches) -> dict:
     masks = {"teacher": batch["tgt_attention_mask"], "student": batch["src_attention_mask"]}
     if pivot is not None:  # the student's pass over the pivot side (the `english` term)
         masks["student pivot"] = pivot.input_ids != run.student_tok.pad_token_id
-    tokens = {side: {"real": mask.sum(1), "padded": torch.full((len(mask),), mask.shape[1])}
+    chunks = {"teacher": run.cfg.train.pivot_chunks, "student pivot": run.cfg.train.pivot_chunks}
+    tokens = {side: {"real": mask.sum(1), "padded": padded_lengths(mask, chunks.get(side, 1))}
               for side, mask in masks.items()}  # fmt: skip
     return {"times": watch.laps, "tokens": tokens}
+
+
+def padded_lengths(mask: torch.Tensor, chunks: int) -> torch.Tensor:
+    """The length each sequence is computed at: the batch's width, or with ``chunks`` > 1 its group's
+    (models.hidden_by_length: groups of similar length, each cut to its own longest)."""
+    lengths, padded = mask.sum(1), torch.full((len(mask),), mask.shape[1])
+    if chunks > 1 and len(mask) > 1:
+        for part in torch.argsort(lengths).tensor_split(chunks):
+            padded[part] = lengths[part].max()
+    return padded
 
 
 def run_steps(cfg, steps: int) -> tuple[list[dict], tuple[int, int, int], dict | None]:

@@ -1,13 +1,15 @@
 """dist-optical against sentence-transformers' own trainer: the same student, data, batch and
 objective (MSE distillation, Reimers & Gurevych 2020), trained side by side in one run.
 
-    python bench/st_trainer.py           # 5 warm-up + 40 measured steps per side (~7 min, 2 cores)
-    python bench/st_trainer.py --quick   # every side on configs/tiny.yaml's tiny BERT, 1 + 3 steps
+    python bench/st_trainer.py           # 3 rounds of every side, 3 warm-up + 15 measured steps each
+    python bench/st_trainer.py --quick   # configs/tiny.yaml's tiny BERT, 2 rounds of 1 + 3 steps
 
 The frozen teacher (multilingual-e5-small) embeds the English side of Swahili-English NT pairs
 (REV held out); the student, initialised from it, learns to match it from the Swahili side. Batch
 16, max_length 64, fp32, CPU, configs/default.yaml's AdamW settings. The sides run one after the
-other, each in its own process on the same thread count:
+other, each in its own process on the same thread count, once per round (`--rounds`, the order
+rotated each round); every figure is the median of the rounds', and every ratio the median of the
+rounds' ratios with their spread (one pass on a shared machine is partly noise):
 
 1. dist-optical, trimmed vocabulary (the default): a real `python -m dist_optical train` run;
 2. dist-optical, full vocabulary (`model.trim_vocab=false`, what ST trains: 250k embedding rows);
@@ -51,6 +53,7 @@ from common import (
 )
 
 from dist_optical.config import load_config, repo_path
+from dist_optical.engine.deepspeed import zero_stage
 from dist_optical.files import write_json
 
 CONFIG = REPO / "configs" / "default.yaml"
@@ -141,11 +144,11 @@ def side_figures(metrics: list[dict], warmup: int, batch: int) -> dict:
     }
 
 
-def run_dist_optical(bench: Bench, trim: bool) -> dict:
+def run_dist_optical(bench: Bench, trim: bool, round_: int) -> dict:
     """A real `python -m dist_optical train` run of the MSE objective, Swahili only, fp32 and
     MAX_LENGTH tokens as the ST side (whatever the config's default)."""
     vocab = "trimmed" if trim else "full"
-    out = bench.tmp / f"dist-optical-{vocab}"
+    out = bench.tmp / f"dist-optical-{vocab}-round{round_}"
     cmd = [sys.executable, "-m", "dist_optical", "train", "--config", os.path.relpath(bench.config, REPO),
            "--out", str(out), "loss={mse: 1.0}", f"train.max_steps={bench.total}", "train.eval_every=0",
            "train.save_every=0", "train.precision=fp32", f"model.max_length={MAX_LENGTH}",
@@ -175,7 +178,7 @@ def run_dist_optical(bench: Bench, trim: bool) -> dict:
         "load1_before": load_before,
         "load1_after": load_after,
         "includes": "loader fetch (tokenized in 1 DataLoader worker) + teacher forward (live) + student "
-        "forward/backward + DeepSpeed ZeRO-1 AdamW step + loss .item()",
+        "forward/backward + DeepSpeed AdamW step (ZeRO-0: one rank) + loss .item()",
     }
 
 
@@ -345,17 +348,22 @@ def run_st(bench: Bench, pairs: list[tuple[str, str]], optim: str) -> dict:
     return out
 
 
-def run_sides(bench: Bench, pairs: list[tuple[str, str]], st_optims: list[str]) -> dict[str, dict]:
-    """Each side in turn (never two at once): dist-optical trimmed and full, then ST per optimizer."""
-    runs = {"dist_optical_trimmed": lambda: run_dist_optical(bench, True),
-            "dist_optical_full": lambda: run_dist_optical(bench, False)}  # fmt: skip
-    runs.update({f"st_{optim}": (lambda optim=optim: run_st(bench, pairs, optim)) for optim in st_optims})
-    sides = {}
-    for key, run in runs.items():
-        print(f"[{time.strftime('%H:%M:%S')}] {key}: {bench.total} steps, load1 {load1()}", flush=True)
-        side = sides[key] = run()
-        print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
-    return sides
+def run_rounds(bench: Bench, pairs: list[tuple[str, str]], st_optims: list[str], rounds: int) -> list[dict]:
+    """Every side once per round (never two at once), the order rotated each round: a drift of the
+    shared machine's load hits every side, and each round gives its own ratios."""
+    runs = {"dist_optical_trimmed": lambda round_: run_dist_optical(bench, True, round_),
+            "dist_optical_full": lambda round_: run_dist_optical(bench, False, round_)}  # fmt: skip
+    runs.update({f"st_{optim}": (lambda _, optim=optim: run_st(bench, pairs, optim)) for optim in st_optims})
+    keys, per_round = list(runs), []
+    for round_ in range(rounds):
+        sides = {}
+        for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]:
+            print(f"[{time.strftime('%H:%M:%S')}] round {round_ + 1}/{rounds} {key}: {bench.total} steps, "
+                  f"load1 {load1()}", flush=True)  # fmt: skip
+            side = sides[key] = runs[key](round_)
+            print(f"  {side['samples_per_s_median']:.2f} samples/s (median), wall {side['wall_s']:.0f} s")
+        per_round.append({key: sides[key] for key in keys})
+    return per_round
 
 
 def ratios(sides: dict[str, dict]) -> dict:
@@ -375,12 +383,38 @@ def ratios(sides: dict[str, dict]) -> dict:
     return out
 
 
+def combine(per_round: list[dict]) -> tuple[dict, dict]:
+    """The sides over all rounds (each figure the median of its rounds', the load from the first
+    round's start to the last's end) and the ratios: each the median of the rounds' ratios, with
+    ``spread`` [min, max] and ``rounds``, the list."""
+    sides = {}
+    for key, first in per_round[0].items():
+        rounds = [r[key] for r in per_round]
+        side = dict(first, rounds=len(rounds), load1_after=rounds[-1]["load1_after"])
+        for field, value in first.items():
+            if field.endswith(("_median", "_mean")) and isinstance(value, float):
+                side[field] = statistics.median(r[field] for r in rounds)
+        side["samples_per_s_rounds"] = [r["samples_per_s_median"] for r in rounds]
+        sides[key] = side
+    each = [ratios(r) for r in per_round]
+
+    def summary(values: list[float]) -> dict:
+        return {"median": statistics.median(values), "spread": [min(values), max(values)], "rounds": values}
+
+    out: dict = {"trimmed_vs_full": summary([r["trimmed_vs_full"] for r in each])}
+    for key in sides:
+        if key.startswith("st_"):
+            out[key] = {name: summary([r[key][name] for r in each]) for name in each[0][key]}
+    return sides, out
+
+
 def dist_optical_setup(config: Path) -> tuple[str, str]:
     """How the config runs the optimizer and the teacher (the dist-optical rows' labels)."""
     train = load_config(config).train
     ds = json.loads(repo_path(train.deepspeed).read_text())
     fused = " fused" if ds["optimizer"]["params"].get("fused") else ""
-    optim = f"DeepSpeed ZeRO-{ds['zero_optimization']['stage']}, torch AdamW{fused}"
+    stage = zero_stage(ds.get("zero_optimization", {}), world_size=1)  # the sides run one rank
+    optim = f"DeepSpeed ZeRO-{stage}, torch AdamW{fused}"
     if train.teacher_cache == "none":
         return optim, "live, in the step"
     return optim, f"cache ({train.teacher_cache}), built before the timed steps"
@@ -389,6 +423,10 @@ def dist_optical_setup(config: Path) -> tuple[str, str]:
 def table(result: dict) -> str:
     sides, r = result["sides"], result["ratios"]
     trim, full = sides["dist_optical_trimmed"], sides["dist_optical_full"]
+    r = {
+        key: ({name: v["median"] for name, v in value.items()} if "median" not in value else value["median"])
+        for key, value in r.items()
+    }  # the medians over rounds
     ds_optim, teacher = dist_optical_setup(REPO / result["config"])
     rows = []
 
@@ -427,7 +465,25 @@ def table(result: dict) -> str:
         f"dist-optical MSE first step → mean of the last 5: trimmed {trim['loss_first']:.5f} → "
         f"{trim['loss_last5']:.5f}, full {full['loss_first']:.5f} → {full['loss_last5']:.5f}.",
         *notes,
+        *spread_lines(result["ratios"], trim["rounds"]),
     ])  # fmt: skip
+
+
+def spread_lines(ratios_: dict, rounds: int) -> list[str]:
+    """Each ST side's ratios as "median [min, max]" over the rounds."""
+    names = {"full_vs_steps_only": "full vocabulary, ST steps only",
+             "full_vs_with_teacher": "full vocabulary, ST with its teacher time",
+             "trimmed_vs_steps_only": "trimmed, ST steps only",
+             "trimmed_vs_with_teacher": "trimmed, ST with its teacher time"}  # fmt: skip
+    lines = []
+    for key, value in ratios_.items():
+        if key.startswith("st_"):
+            parts = [f"{names[n]} {v['median']:.2f}x [{v['spread'][0]:.2f}, {v['spread'][1]:.2f}]"
+                     for n, v in value.items()]  # fmt: skip
+            lines.append(
+                f"dist-optical / {key[3:]} over {rounds} rounds, median [min, max]: " + "; ".join(parts) + "."
+            )
+    return lines
 
 
 def main() -> None:
@@ -435,12 +491,17 @@ def main() -> None:
         st_worker(Path(sys.argv[2]))
         return
     parser = Parser(__doc__)
-    parser.add_argument("--steps", type=int, default=40, help="measured steps per side")
-    parser.add_argument("--warmup", type=int, default=5, help="steps run first and left out of the figures")
+    parser.add_argument("--steps", type=int, default=15, help="measured steps per side and round")
+    parser.add_argument("--warmup", type=int, default=3, help="steps run first and left out of the figures")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS), every side")
-    parser.add_argument("--st-optims", type=str_list, default=["adamw_torch_fused", "adamw_torch"],
-                        help="the ST trainer's optimizers, one ST run each")  # fmt: skip
-    args = parser.parse(warmup=1, steps=3, threads=1, st_optims=["adamw_torch"])
+    parser.add_argument(
+        "--st-optims",
+        type=str_list,
+        default=["adamw_torch_fused"],
+        help="the ST trainer's optimizers, one ST run each (adamw_torch: the unfused one)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="every side once a round, order rotated")
+    args = parser.parse(warmup=1, steps=3, threads=1, st_optims=["adamw_torch"], rounds=2)
     os.environ.update(child_env(args.threads))
     config = TINY if args.quick else CONFIG
     settings = train_settings(config)
@@ -458,7 +519,7 @@ def main() -> None:
             config, args.warmup, args.steps, args.threads, args.quick, Path(tmp), settings, model_path
         )
         pairs = first_pairs(settings, bench.total * settings["micro_batch_size"])
-        sides = run_sides(bench, pairs, args.st_optims)
+        sides, ratio = combine(run_rounds(bench, pairs, args.st_optims, args.rounds))
     result = {
         "env": finish(env),
         "config": os.path.relpath(config, REPO),
@@ -468,6 +529,7 @@ def main() -> None:
         "max_length": MAX_LENGTH,
         "steps_warmup": args.warmup,
         "steps_measured": args.steps,
+        "rounds": args.rounds,
         "data": {
             "lang": LANG,
             "files": FILES,
@@ -476,7 +538,7 @@ def main() -> None:
             "dist_optical_pairs": "its shuffled stream over the same bitext",
         },
         "settings": settings,
-        "ratios": ratios(sides),
+        "ratios": ratio,
         "sides": sides,
     }
     result["table"] = table(result)

@@ -222,6 +222,10 @@ class TrainConfig:
     # teacher's numbers to float rounding, fp16 half the size; none = compute live (not "off":
     # YAML reads that as false).
     teacher_cache: TeacherCacheDtype = "none"
+    # Batches are grouped by the length of their foreign side, so the pivot side's lengths still vary
+    # within a batch: the teacher and the student run it as this many groups of similar length, each
+    # cut to its own width (the same numbers as one padded batch; 1 = one padded batch).
+    pivot_chunks: int = setting(2, check=ATLEAST1)
     # Seconds a job waits for another job's build of an artifact they share (the teacher cache), so
     # that a sweep on a fresh machine builds it once; past this it fails naming the builder.
     build_wait: float = setting(3600.0, check=NONNEG)

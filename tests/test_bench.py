@@ -78,12 +78,16 @@ def test_st_trainer_runs_both_sides_on_the_tiny_model(tmp_path):
     sides = result["sides"]
     assert set(sides) == {"dist_optical_trimmed", "dist_optical_full", "st_adamw_torch"}
     assert all(side["samples_per_s_median"] > 0 and side["steps_measured"] == 3 for side in sides.values())
+    assert all(side["rounds"] == 2 and len(side["samples_per_s_rounds"]) == 2 for side in sides.values())
     assert sides["dist_optical_trimmed"]["kept_vocab_rows"] > 0
     st = sides["st_adamw_torch"]
     assert st["teacher_max_abs_diff_vs_dist_optical_encode"] < 1e-4  # one tiny model on both sides
     assert st["with_teacher_samples_per_s_median"] < st["samples_per_s_median"]
-    assert result["ratios"]["trimmed_vs_full"] > 0
-    assert all(ratio > 0 for ratio in result["ratios"]["st_adamw_torch"].values())
+    trimmed_vs_full = result["ratios"]["trimmed_vs_full"]
+    low, high = trimmed_vs_full["spread"]
+    assert 0 < low <= trimmed_vs_full["median"] <= high and len(trimmed_vs_full["rounds"]) == 2
+    assert all(ratio["median"] > 0 for ratio in result["ratios"]["st_adamw_torch"].values())
+    assert "over 2 rounds, median [min, max]" in result["table"]
     assert "| sentence-transformers |" in result["table"]
 
 
@@ -96,3 +100,21 @@ def test_train_runs_one_anatomy_row_and_one_zero_run(tmp_path):
     assert row["zero_stage"] == 1 and row["samples_per_s"] > 0 and row["state_vs_zero0"] == 1
     assert row["params_mib_per_rank"] > 0 and row["optimizer_mib_per_rank"] > 0
     assert "| unfused AdamW |" in result["anatomy_table"] and "| 1 | trimmed |" in result["table"]
+
+
+@pytest.mark.multiproc
+def test_optimizer_times_every_path_against_the_copy_bound(tmp_path):
+    result, stdout = run_quick("optimizer", tmp_path / "optimizer.json", "--vocabs", "trimmed")
+    assert result["copy_bandwidth_gb_s"] > 0 and result["bytes_per_param"] == 28
+    paths = {(r["path"], r["ranks"]) for r in result["rows"]}
+    for path in ("torch AdamW, for-loop", "torch AdamW, foreach", "torch AdamW, fused", "DeepSpeedCPUAdam"):
+        assert (path, 1) in paths
+    for stage in (0, 1, 2, 3):
+        rows = [r for r in result["rows"] if r.get("stage") == stage]
+        assert sorted(r["ranks"] for r in rows) == [1, 2], stage  # as asked: no one-rank override
+    params = {r["params"] for r in result["rows"]}
+    assert len(params) == 1  # every path updates the same student
+    for row in result["rows"]:
+        assert 0 < row["step_s"] <= row["backward_step_s"]
+        assert row["fraction_of_bound"] == pytest.approx(row["bound_s"] / row["step_s"])
+    assert "| trimmed | DeepSpeed ZeRO-2, torch fused AdamW | 2 |" in stdout

@@ -53,3 +53,30 @@ def test_mean_pooling_ignores_padding():
     mask = torch.tensor([[1, 1, 0]])
     assert pool(hidden, mask, "mean").tolist() == [[2.0, 2.0]]
     assert pool(hidden, mask, "cls").tolist() == [[1.0, 1.0]]
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_encoding_in_length_sorted_chunks_equals_one_padded_batch(chunks):
+    """The pivot side runs as groups of similar length, each cut to its own width: the same states,
+    pooled vectors and gradients as one padded batch, in the batch's order."""
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    texts = ["Ndio.", "A long sentence of many words that pads every other one " * 2, "Paka ameketi.",
+             "Mid-length text here, friend.", "Hi", "Another fairly long sentence, with commas, and more"]  # fmt: skip
+    batch = tokenize(tokenizer, texts, max_length=40)
+    special = special_ids(tokenizer)
+    results = []
+    for n in (1, chunks):
+        model = load_encoder("unused", TINY, vocab_size=len(tokenizer)).eval()  # seeded; no dropout
+        out = encode(model, batch["input_ids"], batch["attention_mask"], special, chunks=n)
+        out.pooled.pow(2).sum().backward()
+        grad = model.encoder.layer[0].attention.self.query.weight.grad.clone()
+        results.append((out, grad))
+    (whole, whole_grad), (chunked, chunked_grad) = results
+    assert chunked.tokens.shape == whole.tokens.shape and torch.equal(chunked.mask, whole.mask)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(chunked.tokens[real], whole.tokens[real], rtol=1e-4, atol=1e-5)
+    lengths = batch["attention_mask"].sum(1)
+    shortest = torch.argsort(lengths).tensor_split(chunks)[0]  # its group is cut to its own width
+    assert not chunked.tokens[shortest, lengths[shortest].max() :].any()
+    torch.testing.assert_close(chunked.pooled, whole.pooled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunked_grad, whole_grad, rtol=1e-3, atol=1e-5)
