@@ -86,9 +86,13 @@ def padded_lengths(mask: torch.Tensor, chunks: int) -> torch.Tensor:
     return padded
 
 
-def run_steps(cfg, steps: int) -> tuple[list[dict], tuple[int, int, int], dict | None]:
+def run_steps(
+    cfg, steps: int, compile_: bool = False
+) -> tuple[list[dict], tuple[int, int, int], dict | None]:
     """The trainer's own `Run` for ``cfg`` (in a temp run folder): ``steps`` timed steps, the
-    encoder's (layers, width, ffn), and the teacher cache's record (size, texts, first build time)."""
+    encoder's (layers, width, ffn), and the teacher cache's record (size, texts, first build time).
+    ``compile_``: the student through DeepSpeed's `engine.compile` (torch.compile, dynamic shapes:
+    batches differ in length), its compile time inside the first steps."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "run").mkdir()
         run = setup_run(cfg, Path(tmp) / "run", "", dist.setup())
@@ -99,6 +103,8 @@ def run_steps(cfg, steps: int) -> tuple[list[dict], tuple[int, int, int], dict |
         model_cfg = run.engine.module.config
         shape = (model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size)
         batches = iter(run.loader)
+        if compile_:
+            run.engine.compile(compile_kwargs={"dynamic": True})
         run.engine.train()
         records = [timed_step(run, batches) for _ in range(steps)]
         run.engine.destroy()
@@ -143,10 +149,19 @@ def summarise(cfg, timed: list[dict], shape, cache: dict | None, peak_seconds: f
     }
 
 
-def anatomy(config: Path, overrides: list[str], steps: int, skip: int, peak_seconds: float = 2.0) -> dict:
+def anatomy(
+    config: Path,
+    overrides: list[str],
+    steps: int,
+    skip: int,
+    peak_seconds: float = 2.0,
+    compile_: bool = False,
+) -> dict:
     cfg = load_config(config, [*overrides, f"train.max_steps={steps}", "train.eval_every=0"])
-    records, shape, cache = run_steps(cfg, steps)
-    return {"overrides": overrides, **summarise(cfg, records[skip:], shape, cache, peak_seconds)}
+    records, shape, cache = run_steps(cfg, steps, compile_)
+    skipped = [sum(r["times"].values()) for r in records[:skip]]  # warm-up (and compile) steps
+    return {"overrides": overrides, "compiled": compile_, "skipped_steps_s": skipped,
+            **summarise(cfg, records[skip:], shape, cache, peak_seconds)}  # fmt: skip
 
 
 def main() -> None:
@@ -154,12 +169,15 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student (engine.compile)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse(config=TINY, steps=3, skip=1)
     env = environment()
     with tempfile.TemporaryDirectory(prefix="bench-quick-") as shards:  # --quick: never in shards/
         overrides = [f"data.shards={shards}", *args.overrides] if args.quick else args.overrides
-        result = anatomy(args.config, overrides, args.steps, args.skip, 0.3 if args.quick else 2.0)
+        result = anatomy(
+            args.config, overrides, args.steps, args.skip, 0.3 if args.quick else 2.0, args.compile
+        )
     result["env"] = finish(env)
     if args.out:
         write_result(args, "anatomy.json", result)

@@ -96,6 +96,10 @@ def wrap_student(student: nn.Module, ds_config: dict[str, Any]):
     engine, _, _, scheduler = deepspeed.initialize(
         model=student, model_parameters=trainable, config=ds_config
     )
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        # Nothing to all-reduce; DeepSpeed would still flatten every gradient into a fresh buffer and
+        # copy it back after a no-op all-reduce, each step (bench/optimizer.py).
+        engine.enable_backward_allreduce = False
     return engine, scheduler
 
 
