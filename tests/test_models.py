@@ -61,7 +61,7 @@ def test_encoding_in_length_sorted_chunks_equals_one_padded_batch(chunks):
     pooled vectors and gradients as one padded batch, in the batch's order."""
     tokenizer = load_tokenizer("all-MiniLM-L6-v2")
     texts = ["Ndio.", "A long sentence of many words that pads every other one " * 2, "Paka ameketi.",
-             "Mid-length text here, friend.", "Hi", "Another long sentence, with commas, and more"]  # fmt: skip
+             "Mid-length text, friend.", "Hi", "Another long sentence, with commas, and more"]  # fmt: skip
     batch = tokenize(tokenizer, texts, max_length=40)
     special = special_ids(tokenizer)
     results = []
