@@ -29,13 +29,13 @@ from dist_optical.engine.dist import free_port
 UNFUSED = "UNFUSED"  # stands for a copy of the run's DeepSpeed JSON without "fused" (made by main)
 # The anatomy rows: today's default, then the default with one setting changed at a time.
 ANATOMY = [
-    ("default: bf16, InfoNCE + MSE + English, live teacher, 128 tokens", ()),
+    ("default: precision auto, InfoNCE + MSE + English, live teacher, 128 tokens", ()),
     ("at 64 tokens (the old truncation)", ("model.max_length=64",)),
     ("in fp32", ("train.precision=fp32",)),
     ("without the English term", ("loss={contrastive: 1.0, mse: 100.0}",)),
     ("padded (no length grouping)", ("data.length_window=0",)),
     ("unfused AdamW", (UNFUSED,)),
-    ("ZeRO-0 (one process)", ("train.deepspeed=configs/ds/zero0.json",)),
+    ("the pivot side in one padded batch", ("train.pivot_chunks=1",)),
     ("1 intra-op thread", ("OMP_NUM_THREADS=1",)),
     ("full vocabulary", ("model.trim_vocab=false",)),
 ]
