@@ -413,7 +413,7 @@ def dist_optical_setup(config: Path) -> tuple[str, str]:
     train = load_config(config).train
     ds = json.loads(repo_path(train.deepspeed).read_text())
     fused = " fused" if ds["optimizer"]["params"].get("fused") else ""
-    stage = zero_stage(ds.get("zero_optimization", {}), world_size=1)  # the sides run one rank
+    stage = zero_stage(ds.get("zero_optimization", {}), 1, "fp32")  # the sides: one rank, fp32
     optim = f"DeepSpeed ZeRO-{stage}, torch AdamW{fused}"
     if train.teacher_cache == "none":
         return optim, "live, in the step"

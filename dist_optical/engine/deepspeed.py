@@ -59,9 +59,9 @@ def build_ds_config(train: TrainConfig, world_size: int, stage: int | None = Non
         ds[key] = expected
     ds["gradient_clipping"] = train.grad_clip
     zero = ds.setdefault("zero_optimization", {})
-    chosen = zero_stage(zero, world_size) if stage is None else stage
+    chosen = zero_stage(zero, world_size, train.precision) if stage is None else stage
     if chosen != zero.get("stage", 0):
-        why = "one rank: nothing to partition" if stage is None else "the stage given (a checkpoint's)"
+        why = "one rank, fp32: nothing to partition" if stage is None else "the stage given (a checkpoint's)"
         log.info("ZeRO stage %s -> %s (%s)", zero.get("stage", 0), chosen, why)
     zero["stage"] = chosen
     optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
@@ -77,13 +77,14 @@ def build_ds_config(train: TrainConfig, world_size: int, stage: int | None = Non
     return ds
 
 
-def zero_stage(zero: dict[str, Any], world_size: int) -> int:
-    """The ZeRO stage a fresh run trains at. On one rank, stage 0 unless the JSON offloads: there is
-    nothing to partition, and ZeRO's flat fp32 copies of every parameter only add work
-    (bench/optimizer.py). On several ranks, the JSON's: each rank holds its share of the optimizer
-    state. (A resumed run keeps its checkpoint's stage; a universal conversion changes the world
-    size, not the stage.)"""
-    if world_size == 1 and not any(key.startswith("offload") for key in zero):
+def zero_stage(zero: dict[str, Any], world_size: int, precision: str) -> int:
+    """The ZeRO stage a fresh run trains at. On one rank in fp32, stage 0 unless the JSON offloads:
+    there is nothing to partition, and ZeRO's flat fp32 copies of every parameter only add work
+    (bench/optimizer.py). In bf16 the JSON's: DeepSpeed's stage 0 would keep the fp32 master weights
+    in an unfused fp16-style optimizer, and the export would get the bf16 module's. On several
+    ranks, the JSON's: each rank holds its share of the optimizer state. (A resumed run keeps its
+    checkpoint's stage; a universal conversion changes the world size, not the stage.)"""
+    if world_size == 1 and precision == "fp32" and not any(key.startswith("offload") for key in zero):
         return 0
     return zero.get("stage", 0)
 

@@ -57,13 +57,15 @@ def test_ds_config_fills_batch_and_schedule():
     assert ds["zero_optimization"]["stage"] == 1
 
 
-def test_one_rank_trains_at_zero_0_and_a_resume_keeps_its_checkpoints_stage(tmp_path):
-    train = TrainConfig(deepspeed="configs/ds/zero2.json")
+def test_one_rank_trains_at_zero_0_in_fp32_and_a_resume_keeps_its_checkpoints_stage(tmp_path):
+    train = TrainConfig(deepspeed="configs/ds/zero2.json", precision="fp32")
     assert build_ds_config(train, world_size=2)["zero_optimization"]["stage"] == 2
     assert build_ds_config(train, world_size=1)["zero_optimization"]["stage"] == 0  # nothing to partition
     assert build_ds_config(train, world_size=1, stage=2)["zero_optimization"]["stage"] == 2  # a 2-rank run's
     assert build_ds_config(train, world_size=2, stage=0)["zero_optimization"]["stage"] == 0  # a 1-rank run's
-    offload = TrainConfig(deepspeed="configs/ds/zero2_offload.json")  # stage 0 cannot offload: kept
+    bf16 = TrainConfig(deepspeed="configs/ds/zero2.json", precision="bf16")  # fp32 masters in ZeRO's files
+    assert build_ds_config(bf16, world_size=1)["zero_optimization"]["stage"] == 2
+    offload = TrainConfig(deepspeed="configs/ds/zero2_offload.json", precision="fp32")  # stage 0 cannot
     assert build_ds_config(offload, world_size=1)["zero_optimization"]["stage"] == 2
 
 

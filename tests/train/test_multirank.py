@@ -72,15 +72,16 @@ def test_partitioned_teacher_gives_the_same_losses(stage_runs, tmp_path):
 
 
 def test_a_one_rank_run_trains_at_zero_0_and_resumes_on_two_ranks_at_it(tmp_path):
-    """One rank trains at ZeRO-0 whatever the JSON says (nothing to partition); its checkpoints hold
+    """One rank in fp32 trains at ZeRO-0 whatever the JSON says (nothing to partition); its checkpoints hold
     the whole optimizer state, so 2 ranks resume them directly and keep the stage."""
-    run_train(tmp_path, "train.max_steps=8", "train.save_every=4")  # tiny.yaml: configs/ds/zero1.json
+    fp32 = "train.precision=fp32"  # in bf16 one rank keeps the JSON's stage (engine/deepspeed.py)
+    run_train(tmp_path, "train.max_steps=8", "train.save_every=4", fp32)  # tiny.yaml: configs/ds/zero1.json
 
     def meta(step):
         return json.loads((tmp_path / "checkpoints" / f"step{step:06d}" / "dist_optical.json").read_text())
 
     assert (meta(8)["world_size"], meta(8)["zero_stage"]) == (1, 0)
-    torchrun(tmp_path, "train.max_steps=12", "train.save_every=4", resume="auto")
+    torchrun(tmp_path, "train.max_steps=12", "train.save_every=4", fp32, resume="auto")
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, 13))
     assert (meta(12)["world_size"], meta(12)["zero_stage"]) == (2, 0)
     assert not (tmp_path / "checkpoints" / "universal").exists()  # stage 0 needs no conversion
