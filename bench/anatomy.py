@@ -24,6 +24,7 @@ from common import REPO, TINY, Parser, Stopwatch, environment, finish, write_res
 from dist_optical.artifacts import MARKER
 from dist_optical.config import load_config
 from dist_optical.engine import dist
+from dist_optical.models import length_groups
 from dist_optical.train.run import setup_run
 
 PHASES = ("data", "teacher forward", "student forward", "loss", "backward", "optimizer step")
@@ -78,11 +79,11 @@ def timed_step(run, batches) -> dict:
 
 def padded_lengths(mask: torch.Tensor, chunks: int) -> torch.Tensor:
     """The length each sequence is computed at: the batch's width, or with ``chunks`` > 1 its group's
-    (models.hidden_by_length: groups of similar length, each cut to its own longest)."""
-    lengths, padded = mask.sum(1), torch.full((len(mask),), mask.shape[1])
+    (models.length_groups, as models.hidden_by_length runs them)."""
+    padded = torch.full((len(mask),), mask.shape[1])
     if chunks > 1 and len(mask) > 1:
-        for part in torch.argsort(lengths).tensor_split(chunks):
-            padded[part] = lengths[part].max()
+        for part, width in length_groups(mask, chunks):
+            padded[part] = width
     return padded
 
 

@@ -126,14 +126,27 @@ def with_bound(row: dict, bandwidth: float) -> dict:
     return {**row, "bound_s": bound, "fraction_of_bound": bound / row["step_s"]}
 
 
+def vocab_rows(args, vocab: str) -> int:
+    """The embedding rows of ``vocab`` ("trimmed", "full"); with --quick, the tiny model's."""
+    return args.tiny_vocab if args.quick else VOCABS[vocab]
+
+
+def engine_rows(args, vocab: str, env: dist.DistEnv) -> list[dict]:
+    """The engine at each ZeRO stage, at this process's world size."""
+    rows = []
+    for stage in STAGES:
+        rows.append(
+            {"vocab": vocab, **engine_row(stage, vocab_rows(args, vocab), args.shape, args.repeats, env)}
+        )
+        if env.world_size == 1:  # under torchrun the parent reads rank 0's JSON, stdout's last line
+            print(f"{vocab} ZeRO-{stage}: {1e3 * rows[-1]['step_s']:.0f} ms", flush=True)
+    return rows
+
+
 def worker(args) -> None:
     """One rank of the 2-rank engine rows (under torchrun): rank 0 prints them as one JSON line."""
     env = dist.setup()
-    sizes = {vocab: args.tiny_vocab if args.quick else VOCABS[vocab] for vocab in args.vocabs}
-    rows = [engine_row(stage, sizes[vocab], args.shape, args.repeats, env)
-            for vocab in args.vocabs for stage in STAGES]  # fmt: skip
-    for row, vocab in zip(rows, [v for v in args.vocabs for _ in STAGES], strict=True):
-        row["vocab"] = vocab
+    rows = [row for vocab in args.vocabs for row in engine_rows(args, vocab, env)]
     if env.is_main:
         print(json.dumps(rows))
 
@@ -172,15 +185,11 @@ def main() -> None:
     rows = []
     single = dist.setup()
     for vocab in args.vocabs:
-        rows_vocab = VOCABS[vocab] if not args.quick else args.tiny_vocab
-        paths = [*TORCH_PATHS.items(), ("DeepSpeedCPUAdam", {})]
-        for name, kwargs in paths:
-            rows.append({"vocab": vocab, **torch_row(name, kwargs, rows_vocab, args.shape, args.repeats)})
-            print(f"{vocab} {name}: {1e3 * rows[-1]['step_s']:.0f} ms", flush=True)
-        for stage in STAGES:
-            row = engine_row(stage, rows_vocab, args.shape, args.repeats, single)
+        for name, kwargs in [*TORCH_PATHS.items(), ("DeepSpeedCPUAdam", {})]:
+            row = torch_row(name, kwargs, vocab_rows(args, vocab), args.shape, args.repeats)
             rows.append({"vocab": vocab, **row})
-            print(f"{vocab} ZeRO-{stage}: {1e3 * rows[-1]['step_s']:.0f} ms", flush=True)
+            print(f"{vocab} {name}: {1e3 * row['step_s']:.0f} ms", flush=True)
+        rows += engine_rows(args, vocab, single)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(dist.free_port()), str(Path(__file__)), "--worker", "--repeats", str(args.repeats),
            "--vocabs", ",".join(args.vocabs), *(["--quick"] if args.quick else [])]  # fmt: skip

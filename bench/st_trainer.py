@@ -408,6 +408,11 @@ def combine(per_round: list[dict]) -> tuple[dict, dict]:
     return sides, out
 
 
+def medians(summaries: dict) -> dict:
+    """`combine`'s ratios as their medians over the rounds, in `ratios`'s shape."""
+    return {key: value["median"] if "median" in value else medians(value) for key, value in summaries.items()}
+
+
 def dist_optical_setup(config: Path) -> tuple[str, str]:
     """How the config runs the optimizer and the teacher (the dist-optical rows' labels)."""
     train = load_config(config).train
@@ -421,12 +426,8 @@ def dist_optical_setup(config: Path) -> tuple[str, str]:
 
 
 def table(result: dict) -> str:
-    sides, r = result["sides"], result["ratios"]
+    sides, r = result["sides"], medians(result["ratios"])
     trim, full = sides["dist_optical_trimmed"], sides["dist_optical_full"]
-    r = {
-        key: ({name: v["median"] for name, v in value.items()} if "median" not in value else value["median"])
-        for key, value in r.items()
-    }  # the medians over rounds
     ds_optim, teacher = dist_optical_setup(REPO / result["config"])
     rows = []
 

@@ -171,16 +171,23 @@ def hidden_by_length(model: nn.Module, input_ids: Tensor, attention_mask: Tensor
     """The encoder's states for a batch run as ``chunks`` groups of sequences sorted by length, each
     cut to its own last real column: a batch grouped by length on its other side pads this one ~35%
     (bench/RESULTS.md). Back in the batch's order and width; positions past a group's width hold zeros."""
-    lengths = attention_mask.sum(1)
     hidden = None
-    for part in torch.argsort(lengths).tensor_split(chunks):
-        width = int(attention_mask[part].any(0).nonzero().max()) + 1
+    for part, width in length_groups(attention_mask, chunks):
         states = model(input_ids=input_ids[part, :width], attention_mask=attention_mask[part, :width])
         states = states.last_hidden_state
         if hidden is None:
             hidden = states.new_zeros(*input_ids.shape, states.shape[-1])
         hidden[part, :width] = states
     return hidden
+
+
+def length_groups(attention_mask: Tensor, chunks: int) -> list[tuple[Tensor, int]]:
+    """The batch's rows as ``chunks`` groups sorted by length, each with its width (its last real
+    column + 1): what `hidden_by_length` runs, and what a benchmark counts as computed."""
+    order = torch.argsort(attention_mask.sum(1))
+    return [
+        (part, int(attention_mask[part].any(0).nonzero().max()) + 1) for part in order.tensor_split(chunks)
+    ]
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
