@@ -5,7 +5,7 @@ comes to what the machine can do. bench/train.py runs it once per configuration 
     python bench/anatomy.py --quick     # configs/tiny.yaml, 3 steps, shards in a temp folder (seconds)
 
 It takes the steps `train/loop.py:micro_step` takes with the trainer's own `Run`, timing each phase.
-FLOPs (encoder_flops) are counted for the real and the padded tokens of the work done, against
+FLOPs (encoder_flops) are counted for the real tokens and for the rows computed (padding included), against
 torch.mm's fp32 rate at the encoder's projection shapes. Prints one JSON object (bench/train.py
 reads it) and writes it to `--out` when given.
 """
@@ -24,7 +24,7 @@ from common import REPO, TINY, Parser, Stopwatch, environment, finish, write_res
 from dist_optical.artifacts import MARKER
 from dist_optical.config import load_config
 from dist_optical.engine import dist
-from dist_optical.models import length_groups
+from dist_optical.models import pack, packable, packing_span
 from dist_optical.train.run import setup_run
 
 PHASES = ("data", "teacher forward", "student forward", "loss", "backward", "optimizer step")
@@ -71,20 +71,20 @@ def timed_step(run, batches) -> dict:
     masks = {"teacher": batch["tgt_attention_mask"], "student": batch["src_attention_mask"]}
     if pivot is not None:  # the student's pass over the pivot side (the `english` term)
         masks["student pivot"] = pivot.input_ids != run.student_tok.pad_token_id
-    chunks = {"teacher": run.cfg.train.pivot_chunks, "student pivot": run.cfg.train.pivot_chunks}
-    tokens = {side: {"real": mask.sum(1), "padded": padded_lengths(mask, chunks.get(side, 1))}
-              for side, mask in masks.items()}  # fmt: skip
+    span = packing_span(run.engine) if run.cfg.train.pack and packable(run.engine) else None
+    tokens = {
+        side: {"real": mask.sum(1), "padded": computed_rows(mask, span)} for side, mask in masks.items()
+    }
     return {"times": watch.laps, "tokens": tokens}
 
 
-def padded_lengths(mask: torch.Tensor, chunks: int) -> torch.Tensor:
-    """The length each sequence is computed at: the batch's width, or with ``chunks`` > 1 its group's
-    (models.length_groups, as models.hidden_by_length runs them)."""
-    padded = torch.full((len(mask),), mask.shape[1])
-    if chunks > 1 and len(mask) > 1:
-        for part, width in length_groups(mask, chunks):
-            padded[part] = width
-    return padded
+def computed_rows(mask: torch.Tensor, span: int | None) -> torch.Tensor:
+    """The width of each row the encoder computes, padding included: the batch's rows at its width,
+    or packed for an encoder of this ``span`` (models.pack, as models.packed_hidden runs it)."""
+    if span is not None:
+        plan = pack(mask, span)
+        return torch.full((plan.rows,), plan.width)
+    return torch.full((len(mask),), mask.shape[1])
 
 
 def run_steps(

@@ -35,7 +35,7 @@ ANATOMY = [
     ("without the English term", ("loss={contrastive: 1.0, mse: 100.0}",)),
     ("padded (no length grouping)", ("data.length_window=0",)),
     ("unfused AdamW", (UNFUSED,)),
-    ("the pivot side in one padded batch", ("train.pivot_chunks=1",)),
+    ("unpacked (each pass one padded batch)", ("train.pack=false",)),
     ("1 intra-op thread", ("OMP_NUM_THREADS=1",)),
     ("full vocabulary", ("model.trim_vocab=false",)),
 ]

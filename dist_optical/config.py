@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import typing
 from collections.abc import Callable
@@ -222,10 +223,10 @@ class TrainConfig:
     # teacher's numbers to float rounding, fp16 half the size; none = compute live (not "off":
     # YAML reads that as false).
     teacher_cache: TeacherCacheDtype = "none"
-    # Batches are grouped by the length of their foreign side, so the pivot side's lengths still vary
-    # within a batch: the teacher and the student run it as this many groups of similar length, each
-    # cut to its own width (the same numbers as one padded batch; 1 = one padded batch).
-    pivot_chunks: int = setting(2, check=ATLEAST1)
+    # Every encoder pass of a step (the teacher's and the student's) runs the batch's sequences packed
+    # end to end in rows, each attending only to itself at its own positions: the numbers of one
+    # padded batch without computing the padding (models.packed_hidden). false = one padded batch.
+    pack: bool = True
     # Seconds a job waits for another job's build of an artifact they share (the teacher cache), so
     # that a sweep on a fresh machine builds it once; past this it fails naming the builder.
     build_wait: float = setting(3600.0, check=NONNEG)
@@ -319,9 +320,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_path(raw, key.strip().split("."), value)
         overridden[key.strip()] = item
     source = Source(str(path) if path is not None else "defaults", overridden)
+    _drop_retired(raw, source)
     cfg = build(Config, raw, source)
     validate(cfg, source)
     return cfg
+
+
+# Keys that earlier versions wrote into run folders' config.yaml and that no longer mean anything:
+# such a folder still resumes and exports. Each maps to what replaced it.
+RETIRED = {"train.pivot_chunks": "train.pack"}
+
+
+def _drop_retired(raw: dict[str, Any], source: Source) -> None:
+    for dotted, successor in RETIRED.items():
+        section, _, key = dotted.rpartition(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raw[section].pop(key)
+            logging.getLogger("dist_optical.config").warning(
+                "%s: %s is retired (now %s); ignored", source.of(dotted), dotted, successor
+            )
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

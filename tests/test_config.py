@@ -84,6 +84,18 @@ def test_bad_file(tmp_path):
         load_config(path)
 
 
+def test_a_retired_key_in_an_older_run_folder_is_ignored_with_a_warning(tmp_path, caplog):
+    """An older run's config.yaml still loads (to resume or export it); the key is named."""
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  pivot_chunks: 2\n  max_steps: 7\n")
+    cfg = load_config(path)
+    assert cfg.train.max_steps == 7 and cfg.train.pack
+    assert "train.pivot_chunks is retired (now train.pack)" in caplog.text
+    path.write_text("train:\n  pivot_chunk: 2\n")  # a typo is still an error
+    with pytest.raises(ConfigError, match="unknown config key 'train.pivot_chunk'"):
+        load_config(path)
+
+
 def test_resume_sensitive_fields_come_from_the_schema():
     # Derived from field metadata: a renamed or new section cannot silently drop out of the check.
     from dist_optical.config import Config, resume_sensitive

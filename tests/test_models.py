@@ -9,6 +9,7 @@ from dist_optical.models import (
     freeze,
     load_encoder,
     load_tokenizer,
+    pack,
     pool,
     resolve_model_path,
     special_ids,
@@ -55,28 +56,48 @@ def test_mean_pooling_ignores_padding():
     assert pool(hidden, mask, "cls").tolist() == [[1.0, 1.0]]
 
 
-@pytest.mark.parametrize("chunks", [2, 3])
-def test_encoding_in_length_sorted_chunks_equals_one_padded_batch(chunks):
-    """The pivot side runs as groups of similar length, each cut to its own width: the same states,
-    pooled vectors and gradients as one padded batch, in the batch's order."""
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_packed_encoding_equals_one_padded_batch(padding_side):
+    """The batch's sequences packed end to end, each attending only to itself at its own positions:
+    the same states, pooled vectors and gradients as one padded batch, in the batch's order."""
     tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    tokenizer.padding_side = padding_side
     texts = ["Ndio.", "A long sentence of many words that pads every other one " * 2, "Paka ameketi.",
              "Mid-length text, friend.", "Hi", "Another long sentence, with commas, and more"]  # fmt: skip
     batch = tokenize(tokenizer, texts, max_length=40)
     special = special_ids(tokenizer)
     results = []
-    for n in (1, chunks):
+    for packed in (False, True):
         model = load_encoder("unused", TINY, vocab_size=len(tokenizer)).eval()  # seeded; no dropout
-        out = encode(model, batch["input_ids"], batch["attention_mask"], special, chunks=n)
+        out = encode(model, batch["input_ids"], batch["attention_mask"], special, packed=packed)
         out.pooled.pow(2).sum().backward()
-        grad = model.encoder.layer[0].attention.self.query.weight.grad.clone()
-        results.append((out, grad))
-    (whole, whole_grad), (chunked, chunked_grad) = results
-    assert chunked.tokens.shape == whole.tokens.shape and torch.equal(chunked.mask, whole.mask)
+        grads = [model.encoder.layer[0].attention.self.query.weight.grad.clone(),
+                 model.embeddings.position_embeddings.weight.grad.clone()]  # fmt: skip
+        results.append((out, grads))
+    (whole, whole_grads), (packed, packed_grads) = results
+    assert packed.tokens.shape == whole.tokens.shape and torch.equal(packed.mask, whole.mask)
     real = batch["attention_mask"].bool()
-    torch.testing.assert_close(chunked.tokens[real], whole.tokens[real], rtol=1e-4, atol=1e-5)
-    lengths = batch["attention_mask"].sum(1)
-    shortest = torch.argsort(lengths).tensor_split(chunks)[0]  # its group is cut to its own width
-    assert not chunked.tokens[shortest, lengths[shortest].max() :].any()
-    torch.testing.assert_close(chunked.pooled, whole.pooled, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(chunked_grad, whole_grad, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(packed.tokens[real], whole.tokens[real], rtol=1e-4, atol=1e-5)
+    assert not packed.tokens[~real].any()  # padding holds zeros
+    torch.testing.assert_close(packed.pooled, whole.pooled, rtol=1e-4, atol=1e-5)
+    for packed_grad, whole_grad in zip(packed_grads, whole_grads, strict=True):
+        torch.testing.assert_close(packed_grad, whole_grad, rtol=1e-3, atol=1e-5)
+
+
+def test_packing_fills_rows_without_padding():
+    lengths = [40, 10, 25, 30, 5, 12]
+    mask = torch.zeros(len(lengths), 40, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    plan = pack(mask)
+    assert plan.width == 40 and plan.rows == 4  # longest first, first fit: 40 | 30+10 | 25+12 | 5
+    # every real token placed once, in its own row's segment, in order
+    assert sorted(plan.source.tolist()) == sorted(mask.flatten().nonzero().flatten().tolist())
+    assert len(set(plan.target.tolist())) == sum(lengths)
+    segment = plan.segment.flatten()
+    assert torch.equal(segment[plan.target], plan.source // 40)
+    assert (segment >= 0).sum() == sum(lengths)
+    # with an encoder's cost (span = 2 * hidden + ffn), wider rows where they pack tighter
+    wide = pack(mask, span=2304)
+    assert wide.rows * wide.width < plan.rows * plan.width and wide.width >= 40
+    assert sorted(wide.source.tolist()) == sorted(plan.source.tolist())

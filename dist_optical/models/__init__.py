@@ -153,12 +153,13 @@ def encode(
     attention_mask: Tensor,
     special: Tensor,
     pooling: str = "mean",
-    chunks: int = 1,
+    packed: bool = False,
 ) -> Encoded:
-    """Run the encoder; token mask drops padding and special tokens ([CLS], [SEP]). ``chunks`` > 1:
-    the batch as that many groups of similar length (`hidden_by_length`)."""
-    if chunks > 1 and len(input_ids) > 1:
-        hidden = hidden_by_length(model, input_ids, attention_mask, chunks)
+    """Run the encoder; token mask drops padding and special tokens ([CLS], [SEP]). ``packed``: the
+    batch's sequences run end to end in rows without padding (`packed_hidden`), where the model's
+    positions allow it."""
+    if packed and packable(model):
+        hidden = packed_hidden(model, input_ids, attention_mask)
     else:
         hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     real = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
@@ -167,27 +168,95 @@ def encode(
     )
 
 
-def hidden_by_length(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, chunks: int) -> Tensor:
-    """The encoder's states for a batch run as ``chunks`` groups of sequences sorted by length, each
-    cut to its own last real column: a batch grouped by length on its other side pads this one ~35%
-    (bench/RESULTS.md). Back in the batch's order and width; positions past a group's width hold zeros."""
-    hidden = None
-    for part, width in length_groups(attention_mask, chunks):
-        states = model(input_ids=input_ids[part, :width], attention_mask=attention_mask[part, :width])
-        states = states.last_hidden_state
-        if hidden is None:
-            hidden = states.new_zeros(*input_ids.shape, states.shape[-1])
-        hidden[part, :width] = states
-    return hidden
+def packable(model: nn.Module) -> bool:
+    """BERT numbers positions 0.. by column, so a sequence keeps its positions wherever it is packed;
+    RoBERTa-style models derive theirs from the padding and run as one padded batch."""
+    config = getattr(model, "module", model).config  # a DeepSpeed engine wraps the model
+    absolute = getattr(config, "position_embedding_type", "absolute") == "absolute"
+    return config.model_type == "bert" and absolute
 
 
-def length_groups(attention_mask: Tensor, chunks: int) -> list[tuple[Tensor, int]]:
-    """The batch's rows as ``chunks`` groups sorted by length, each with its width (its last real
-    column + 1): what `hidden_by_length` runs, and what a benchmark counts as computed."""
-    order = torch.argsort(attention_mask.sum(1))
-    return [
-        (part, int(attention_mask[part].any(0).nonzero().max()) + 1) for part in order.tensor_split(chunks)
-    ]
+def packing_span(model: nn.Module) -> int:
+    """2 * hidden + ffn: a packed row of w tokens costs ~w * (span + w) in a BERT encoder."""
+    config = getattr(model, "module", model).config
+    return 2 * config.hidden_size + config.intermediate_size
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the real tokens of a (B, L) batch sit when its sequences are packed end to end into
+    ``rows`` rows of ``width`` tokens (first fit, longest first)."""
+
+    rows: int
+    width: int
+    source: Tensor  # (T,) each real token's flat index in the (B * L) batch
+    target: Tensor  # (T,) its flat index in the (rows * width) packed rows
+    segment: Tensor  # (rows, width): the batch row each slot holds, -1 where the slot is empty
+
+
+def pack(attention_mask: Tensor, span: int = 0) -> Packing:
+    """Plan the packing of a batch's real tokens (``attention_mask`` 1): what `packed_hidden` runs
+    and what a benchmark counts as computed. Rows are as wide as the longest sequence, or with
+    ``span`` = 2 * hidden + ffn of a BERT encoder, as wide as is cheapest up to 4x that: a row of w
+    tokens costs ~w * (span + w) (projections and FFN linear in w, attention quadratic)."""
+    batch, length = attention_mask.shape
+    columns = [row.nonzero().flatten() for row in attention_mask.cpu()]
+    lengths = [len(c) for c in columns]
+    order = sorted(range(batch), key=lambda i: -lengths[i])
+    longest = max(1, lengths[order[0]])
+    widths = range(longest, 4 * longest + 1, max(1, longest // 16)) if span else [longest]
+    plans = [(w, first_fit([lengths[i] for i in order], w)) for w in widths]
+    width, places = min(plans, key=lambda plan: rows_of(plan[1]) * plan[0] * (span + plan[0]))
+    rows = rows_of(places)
+    source, target = [], []
+    segment = torch.full((rows * width,), -1, dtype=torch.long)
+    for b, (row, offset) in zip(order, places, strict=True):
+        slots = torch.arange(row * width + offset, row * width + offset + lengths[b])
+        source.append(b * length + columns[b])
+        target.append(slots)
+        segment[slots] = b
+    return Packing(rows, width, torch.cat(source), torch.cat(target), segment.view(rows, width))
+
+
+def rows_of(places: list[tuple[int, int]]) -> int:
+    return 1 + max(row for row, _ in places)
+
+
+def first_fit(lengths: list[int], width: int) -> list[tuple[int, int]]:
+    """(row, offset) of each sequence, in order, each into the first row with room."""
+    filled: list[int] = []
+    places = []
+    for n in lengths:
+        row = next((r for r, used in enumerate(filled) if used + n <= width), len(filled))
+        if row == len(filled):
+            filled.append(0)
+        places.append((row, filled[row]))
+        filled[row] += n
+    return places
+
+
+def packed_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The encoder's states for a batch whose sequences run packed end to end, each attending only to
+    itself (a block-diagonal mask) at its own positions: the numbers of one padded batch without
+    computing its padding (bench/RESULTS.md). (B, L, d) in the batch's layout, zeros on padding."""
+    plan, device = pack(attention_mask, packing_span(model)), input_ids.device
+    source, target = plan.source.to(device), plan.target.to(device)
+    slots = plan.rows * plan.width
+    ids = input_ids.new_zeros(slots).index_copy(0, target, input_ids.flatten()[source])  # empty: id 0
+    columns = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids).flatten()
+    positions = columns.new_zeros(slots).index_copy(0, target, columns[source])  # as in the padded batch
+    segment = plan.segment.to(device)
+    dtype = next(model.parameters()).dtype
+    blocked = segment.unsqueeze(2) != segment.unsqueeze(1)  # empty slots attend to each other: no NaN
+    bias = torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
+    states = model(
+        input_ids=ids.view(plan.rows, plan.width),
+        attention_mask=bias.unsqueeze(1),  # (rows, 1, width, width): used as given
+        position_ids=positions.view(plan.rows, plan.width),
+    ).last_hidden_state
+    flat = states.reshape(slots, -1)
+    hidden = flat.new_zeros(input_ids.numel(), flat.shape[-1]).index_copy(0, source, flat[target])
+    return hidden.view(*input_ids.shape, -1)
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:

@@ -72,13 +72,18 @@ class Run:
     def pairs_per_step(self) -> int:
         return self.cfg.train.micro_batch_size * self.cfg.train.grad_accum * self.env.world_size
 
-    def encode(self, side: str, input_ids: Tensor, attention_mask: Tensor, chunks: int = 1) -> Encoded:
+    def encode(self, side: str, input_ids: Tensor, attention_mask: Tensor) -> Encoded:
         """``side`` "teacher" or "student": token states, real-token mask and pooled vector, in fp32;
-        ``chunks``: run the batch as that many groups of similar length (models.hidden_by_length)."""
+        packed without padding as train.pack says (models.packed_hidden)."""
         model, device = (self.teacher if side == "teacher" else self.engine), dist.device()
         pooling = self.cfg.model.pooling
         return encode(
-            model, input_ids.to(device), attention_mask.to(device), self.specials[side], pooling, chunks
+            model,
+            input_ids.to(device),
+            attention_mask.to(device),
+            self.specials[side],
+            pooling,
+            self.cfg.train.pack,
         ).float()
 
     def encode_pivot_by_teacher(self, batch: dict[str, Any]) -> Encoded:
@@ -86,15 +91,13 @@ class Run:
         if self.teacher_cache is not None:
             return self.teacher_cache.lookup(batch["tgt"]).map(lambda t: t.to(dist.device()))
         with torch.no_grad():
-            return self.encode(
-                "teacher", batch["tgt_input_ids"], batch["tgt_attention_mask"], self.cfg.train.pivot_chunks
-            )
+            return self.encode("teacher", batch["tgt_input_ids"], batch["tgt_attention_mask"])
 
     def encode_pivot_by_student(self, batch: dict[str, Any]) -> Encoded:
         """The student on the batch's pivot side, by its own tokenizer: what the `english` term
         anchors to the teacher's embedding of the same text."""
         ids = tokenize(self.student_tok, batch["tgt"], self.cfg.model.max_length, self.cfg.model.prefix)
-        return self.encode("student", ids["input_ids"], ids["attention_mask"], self.cfg.train.pivot_chunks)
+        return self.encode("student", ids["input_ids"], ids["attention_mask"])
 
     def save(self) -> Path:
         """A complete checkpoint tag of the current step (every rank saves its ZeRO shard)."""

@@ -134,6 +134,7 @@ def _build(
                 batch["attention_mask"].to(device),
                 special,
                 cfg.model.pooling,
+                cfg.train.pack,
             ).float()
             for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
                 tokens.append(out.tokens[i, :n].cpu().numpy().astype(dtype))
