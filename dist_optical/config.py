@@ -61,10 +61,13 @@ def setting(
     *,
     check: Check | None = None,
     resume: bool = False,
+    speed_only: bool = False,
     factory: Callable[[], Any] | None = None,
 ) -> Any:
-    """A config field with its range (``check``) and whether a resume must keep it (``resume``)."""
-    metadata = {"check": check, "resume": resume}
+    """A config field with its range (``check``), whether a resume must keep it (``resume``), and
+    whether it changes only how fast the same numbers come (``speed_only``: left out of
+    `config_hash`, so a finished run still counts as made from the config)."""
+    metadata = {"check": check, "resume": resume, "speed_only": speed_only}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -226,7 +229,7 @@ class TrainConfig:
     # Every encoder pass of a step (the teacher's and the student's) runs the batch's sequences packed
     # end to end in rows, each attending only to itself at its own positions: the numbers of one
     # padded batch without computing the padding (models.packed_hidden). false = one padded batch.
-    pack: bool = True
+    pack: bool = setting(True, speed_only=True)
     # Seconds a job waits for another job's build of an artifact they share (the teacher cache), so
     # that a sweep on a fresh machine builds it once; past this it fails naming the builder.
     build_wait: float = setting(3600.0, check=NONNEG)
@@ -400,7 +403,15 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def config_hash(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """What a run was made from: the resolved config without its speed-only fields."""
+    outcome = config_to_dict(cfg)
+    for dotted in speed_only_keys():
+        *sections, key = dotted.split(".")
+        node = outcome
+        for section in sections:
+            node = node[section]
+        node.pop(key)
+    return hashlib.sha256(json.dumps(outcome, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_config(cfg: Config, path: Path) -> None:
@@ -525,15 +536,25 @@ def _checked_fields(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, A
                     yield from _checked_fields(item, f"{key}[{i}].")
 
 
-def resume_sensitive(cls: type = Config, prefix: str = "") -> list[str]:
+def resume_sensitive(cls: type = Config) -> list[str]:
     """Dotted keys of the fields marked ``resume=True``: changing one between a checkpoint and its
     resume would silently train a different thing."""
+    return marked("resume", cls)
+
+
+def speed_only_keys(cls: type = Config) -> list[str]:
+    """Dotted keys of the fields marked ``speed_only=True``."""
+    return marked("speed_only", cls)
+
+
+def marked(flag: str, cls: type, prefix: str = "") -> list[str]:
+    """Dotted keys of the fields whose metadata sets ``flag`` (a marked section stands for its keys)."""
     hints, keys = typing.get_type_hints(cls), []
     for f in dataclasses.fields(cls):
-        if f.metadata.get("resume"):
+        if f.metadata.get(flag):
             keys.append(prefix + f.name)
         elif dataclasses.is_dataclass(hints[f.name]):
-            keys.extend(resume_sensitive(hints[f.name], prefix + f.name + "."))
+            keys.extend(marked(flag, hints[f.name], prefix + f.name + "."))
     return keys
 
 

@@ -25,6 +25,13 @@ def test_configs_hash_apart():
     assert len(hashes) == len(RUN_CONFIGS)
 
 
+def test_the_hash_of_what_a_run_was_made_from_ignores_speed_only_settings():
+    """A finished compare run still counts as made from the config when only its speed changed."""
+    base = config_hash(load_config(BARE))
+    assert config_hash(load_config(BARE, ["train.pack=false"])) == base
+    assert config_hash(load_config(BARE, ["train.lr=1e-4"])) != base
+
+
 def test_overrides_are_typed_and_nested():
     cfg = load_config(
         REPO_ROOT / "configs" / "tiny.yaml", ["train.max_steps=7", "train.lr=1e-4", "ot.center=true"]
