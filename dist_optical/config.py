@@ -65,7 +65,7 @@ def setting(
     factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A config field with its range (``check``), whether a resume must keep it (``resume``), and
-    whether it changes only how fast the same numbers come (``speed_only``: left out of
+    whether it changes only how fast the same recipe runs (``speed_only``: left out of
     `config_hash`, so a finished run still counts as made from the config)."""
     metadata = {"check": check, "resume": resume, "speed_only": speed_only}
     if factory is not None:
