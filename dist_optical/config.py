@@ -336,9 +336,7 @@ RETIRED = {"train.pivot_chunks": "train.pack"}
 
 def _drop_retired(raw: dict[str, Any], source: Source) -> None:
     for dotted, successor in RETIRED.items():
-        section, _, key = dotted.rpartition(".")
-        if isinstance(raw.get(section), dict) and key in raw[section]:
-            raw[section].pop(key)
+        if _pop_path(raw, dotted):
             logging.getLogger("dist_optical.config").warning(
                 "%s: %s is retired (now %s); ignored", source.of(dotted), dotted, successor
             )
@@ -406,11 +404,7 @@ def config_hash(cfg: Config) -> str:
     """What a run was made from: the resolved config without its speed-only fields."""
     outcome = config_to_dict(cfg)
     for dotted in speed_only_keys():
-        *sections, key = dotted.split(".")
-        node = outcome
-        for section in sections:
-            node = node[section]
-        node.pop(key)
+        _pop_path(outcome, dotted)
     return hashlib.sha256(json.dumps(outcome, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -428,6 +422,19 @@ def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
             raise ConfigError(f"override {'.'.join(keys)}: {key} is not a section")
         node = child
     node[keys[-1]] = value
+
+
+def _pop_path(node: dict[str, Any], dotted: str) -> bool:
+    """Remove a dotted key from nested sections; whether it was there."""
+    *sections, key = dotted.split(".")
+    for section in sections:
+        node = node.get(section)
+        if not isinstance(node, dict):
+            return False
+    if key not in node:
+        return False
+    del node[key]
+    return True
 
 
 def _where(source: str | Source, key: str) -> str:

@@ -91,7 +91,7 @@ def test_packing_fills_rows_without_padding():
         mask[row, :n] = 1
     plan = pack(mask)
     assert plan.width == 40 and plan.rows == 4  # longest first, first fit: 40 | 30+10 | 25+12 | 5
-    # every real token placed once, in its own row's segment, in order
+    # every real token placed once, in its own row's segment
     assert sorted(plan.source.tolist()) == sorted(mask.flatten().nonzero().flatten().tolist())
     assert len(set(plan.target.tolist())) == sum(lengths)
     segment = plan.segment.flatten()

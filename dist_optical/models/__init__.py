@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertModel,
+    PreTrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -171,15 +172,20 @@ def encode(
 def packable(model: nn.Module) -> bool:
     """BERT numbers positions 0.. by column, so a sequence keeps its positions wherever it is packed;
     RoBERTa-style models derive theirs from the padding and run as one padded batch."""
-    config = getattr(model, "module", model).config  # a DeepSpeed engine wraps the model
+    config = hf_config(model)
     absolute = getattr(config, "position_embedding_type", "absolute") == "absolute"
     return config.model_type == "bert" and absolute
 
 
 def packing_span(model: nn.Module) -> int:
     """2 * hidden + ffn: a packed row of w tokens costs ~w * (span + w) in a BERT encoder."""
-    config = getattr(model, "module", model).config
+    config = hf_config(model)
     return 2 * config.hidden_size + config.intermediate_size
+
+
+def hf_config(model: nn.Module) -> PreTrainedConfig:
+    """The Hugging Face config of a model, or of the one a DeepSpeed engine wraps."""
+    return getattr(model, "module", model).config
 
 
 @dataclass(frozen=True)
