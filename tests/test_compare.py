@@ -282,11 +282,11 @@ def test_overrides_merge_sections_and_replace_the_loss(tmp_path):
     assert [k.folder() for k in keys] == [
         "swh/zero-shot",
         "swh/ot/pairs-all/seed0",
-        "swh/ot/pairs-all/seed1",
         "swh/infonce/pairs-all/seed0",
+        "swh/ot/pairs-all/seed1",
         "swh/infonce/pairs-all/seed1",
-    ]
-    ot, base = spec.run_config(keys[2]), load_config(REPO_ROOT / "configs" / "tiny.yaml")
+    ]  # seed by seed: a grid stopped half way has every objective once
+    ot, base = spec.run_config(keys[3]), load_config(REPO_ROOT / "configs" / "tiny.yaml")
     assert ot.loss == {"ot": 1.0}  # replaced, not merged with the base's {ot, contrastive}
     assert ot.ot.rho == 0.5 and (ot.ot.eps, ot.ot.max_iters) == (base.ot.eps, base.ot.max_iters)  # merged
     assert (ot.train.seed, ot.train.max_steps, ot.train.lr) == (
@@ -294,7 +294,17 @@ def test_overrides_merge_sections_and_replace_the_loss(tmp_path):
         4,
         base.train.lr,
     )  # overrides, then the base
-    assert spec.run_config(keys[3]).loss == {"contrastive": 1.0}
+    assert spec.run_config(keys[2]).loss == {"contrastive": 1.0}
+
+
+def test_a_grid_run_in_pieces_has_every_objective_of_seed_0_first():
+    spec, keys, _ = checked_plan(REPO_ROOT / "configs" / "compare.yaml")
+    zero_shot = [k for k in keys if not k.trains]
+    assert keys[: len(zero_shot)] == zero_shot
+    seeds = [k.seed for k in keys[len(zero_shot) :]]
+    assert seeds == sorted(seeds)
+    first = {(k.language, k.objective) for k in keys if k.seed == 0}
+    assert first == {(k.language, k.objective) for k in keys if k.trains}
 
 
 @pytest.mark.parametrize(

@@ -76,21 +76,23 @@ def run_compare(
         import_records(reuse, out, keys, configs)
 
     records, skipped, missing = [], 0, []
-    for language in languages:
-        evaluator = _LazyEvaluator(spec.language_config(language))
-        for key in (k for k in keys if k.language == language):
-            position = f"[{keys.index(key) + 1}/{len(keys)}]"
-            run_dir = out / "runs" / key.folder()
-            late = stop_after_s and time.time() - started > stop_after_s
-            if late and _finished(run_dir, config_hash(configs[key])) is None:
-                missing.append(key.folder())
-                log.info("%s not started (past --stop-after) %s", position, key.folder())
-                continue
-            record, was_skipped = run_one(key, configs[key], run_dir, evaluator, spec.keep_models)
-            skipped += was_skipped
-            records.append(record)
-            log.info("%s %s %s", position, "skipped (finished)" if was_skipped else "done", key.folder())
-        evaluator.release()
+    # One language's teacher and eval sets in memory at a time (its targets are cached on disk).
+    evaluators = {language: _LazyEvaluator(spec.language_config(language)) for language in languages}
+    for position, key in enumerate(keys, 1):
+        for language in languages:
+            if language != key.language:
+                evaluators[language].release()
+        run_dir = out / "runs" / key.folder()
+        late = stop_after_s and time.time() - started > stop_after_s
+        if late and _finished(run_dir, config_hash(configs[key])) is None:
+            missing.append(key.folder())
+            log.info("[%d/%d] not started (past --stop-after) %s", position, len(keys), key.folder())
+            continue
+        record, was_skipped = run_one(key, configs[key], run_dir, evaluators[key.language], spec.keep_models)
+        skipped += was_skipped
+        records.append(record)
+        done = "skipped (finished)" if was_skipped else "done"
+        log.info("[%d/%d] %s %s", position, len(keys), done, key.folder())
 
     results = {
         "spec": str(spec.path),

@@ -147,8 +147,9 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def plan(spec: Spec) -> list[RunKey]:
-    """Every distinct run of every grid, in language order (so each language's eval sets are
-    embedded once), zero-shot first; a run named by two grids is planned (and trained) once."""
+    """Every distinct run of every grid, zero-shot first, then seed by seed (each seed: language by
+    language, in the spec's objective order): a grid run in pieces has every objective of seed 0
+    before any second seed. A run named by two grids is planned (and trained) once."""
     keys: dict[RunKey, None] = {}
     for language in spec.languages:
         for grid in spec.grids.values():
@@ -161,7 +162,7 @@ def plan(spec: Spec) -> list[RunKey]:
                 for pairs in grid.pairs:
                     for seed in grid.seeds:
                         keys[RunKey(language, objective, pairs, seed)] = None
-    return sorted(keys, key=lambda k: (list(spec.languages).index(k.language), k.trains))
+    return sorted(keys, key=lambda k: (k.trains, k.seed, list(spec.languages).index(k.language)))
 
 
 def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
