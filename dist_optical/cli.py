@@ -112,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         "--reuse",
         type=Path,
         metavar="RESULTS_JSON",
-        help="a published results.json (e.g. docs/results/results.json): its runs count as finished "
-        "where their config is unchanged",
+        help="a published results.json: its runs count as finished where their config is unchanged "
+        "(default: the --publish folder's results.json, if there is one)",
     )
     compare.add_argument(
         "--cluster",
@@ -261,7 +261,11 @@ def _compare(args: argparse.Namespace) -> None:
         raise UserError(f"command line (--stop-after {args.stop_after}): expected minutes >= 0")
     if args.reuse is not None and not args.reuse.is_file():
         raise UserError(f"command line (--reuse {args.reuse}): no such file")
-    run_compare(args.config, args.out, args.publish, args.stop_after * 60, args.reuse)
+    reuse = args.reuse
+    if reuse is None and args.publish is not None and (args.publish / "results.json").is_file():
+        # What was published is finished work: the same command continues it from a fresh clone.
+        reuse = args.publish / "results.json"
+    run_compare(args.config, args.out, args.publish, args.stop_after * 60, reuse)
 
 
 COMMANDS = {

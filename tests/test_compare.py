@@ -196,16 +196,22 @@ def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
     )
 
 
-def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_time(compared, tmp_path):
-    """--reuse: the published runs of an unchanged config count as finished (nothing retrained);
+@pytest.mark.parametrize("carried_by", ["--reuse", "--publish"])
+def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_time(
+    compared, tmp_path, carried_by
+):
+    """--reuse FILE, or the results.json already in the --publish folder (a fresh clone continues
+    the published grid): the runs of an unchanged config count as finished (nothing retrained);
     --stop-after: no run starts past the budget, and the report names the missing ones."""
     spec, inline = compared
     published = json.loads((inline / "results.json").read_text())
     kept = [run for run in published["runs"] if run["objective"] != "infonce"]
-    reuse = tmp_path / "published.json"
+    reuse = tmp_path / "published" / "results.json"
+    reuse.parent.mkdir()
     reuse.write_text(json.dumps({**published, "runs": kept}), encoding="utf-8")
     out = tmp_path / "carried"
-    proc = compare(spec, out, "--reuse", str(reuse), "--stop-after", "0.0001")
+    where = str(reuse if carried_by == "--reuse" else reuse.parent)
+    proc = compare(spec, out, carried_by, where, "--stop-after", "0.0001")
     assert "reused 3 finished run(s)" in proc.stderr and proc.stderr.count("skipped (finished)") == 3
     assert proc.stderr.count("not started (past --stop-after)") == 2
     results = json.loads((out / "results.json").read_text())
@@ -213,6 +219,9 @@ def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_tim
     assert [run["results"] for run in results["runs"]] == [run["results"] for run in kept]
     assert not list(out.rglob("metrics.jsonl"))  # nothing was trained
     assert "**Partial: 3 of 5 planned runs are finished.**" in (out / "report.md").read_text()
+    if carried_by == "--publish":  # the published runs are still there, now with the new report
+        republished = json.loads(reuse.read_text())
+        assert [run["results"] for run in republished["runs"]] == [run["results"] for run in kept]
 
 
 def test_a_job_array_reproduces_the_in_process_runs(compared, tmp_path):
