@@ -250,6 +250,11 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
+    if args.reuse is not None and not args.reuse.is_file():
+        raise UserError(f"command line (--reuse {args.reuse}): no such file")
+    if args.reuse is None and args.publish is not None and (args.publish / "results.json").is_file():
+        # What was published is finished work: the same command continues it from a fresh clone.
+        args.reuse = args.publish / "results.json"
     if args.cluster is not None:
         from dist_optical.compare.dispatch import main as dispatch_main
 
@@ -259,13 +264,7 @@ def _compare(args: argparse.Namespace) -> None:
 
     if args.stop_after < 0:
         raise UserError(f"command line (--stop-after {args.stop_after}): expected minutes >= 0")
-    if args.reuse is not None and not args.reuse.is_file():
-        raise UserError(f"command line (--reuse {args.reuse}): no such file")
-    reuse = args.reuse
-    if reuse is None and args.publish is not None and (args.publish / "results.json").is_file():
-        # What was published is finished work: the same command continues it from a fresh clone.
-        reuse = args.publish / "results.json"
-    run_compare(args.config, args.out, args.publish, args.stop_after * 60, reuse)
+    run_compare(args.config, args.out, args.publish, args.stop_after * 60, args.reuse)
 
 
 COMMANDS = {

@@ -224,6 +224,19 @@ def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_tim
         assert [run["results"] for run in republished["runs"]] == [run["results"] for run in kept]
 
 
+def test_a_cluster_submits_no_published_run(compared, tmp_path):
+    """--cluster with the --publish folder of a finished grid: its runs count as finished there too,
+    so nothing is submitted (not trained again) and the report is written."""
+    spec, inline = compared
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "results.json").write_text((inline / "results.json").read_text(), encoding="utf-8")
+    out = tmp_path / "carried"
+    proc = compare(spec, out, "--cluster", "local", "--publish", str(published))
+    assert "every run is finished" in proc.stdout, proc.stdout
+    assert not (out / "submitit").exists() and not list(out.rglob("metrics.jsonl"))
+
+
 def test_a_job_array_reproduces_the_in_process_runs(compared, tmp_path):
     """On a fresh machine: the array's jobs start together on shard, teacher-cache and eval-cache
     folders none has built; one builds each, the others wait for it."""

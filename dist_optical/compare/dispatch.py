@@ -15,7 +15,7 @@ from typing import Any
 
 import submitit
 
-from dist_optical.compare.runner import checked_plan, run_compare, run_folder, unfinished
+from dist_optical.compare.runner import checked_plan, import_records, run_compare, run_folder, unfinished
 from dist_optical.engine.signals import StopRequest
 from dist_optical.launch.cluster import resolve_cluster
 from dist_optical.launch.job import Job
@@ -39,11 +39,19 @@ class CompareRunJob(Job):
 
 
 def submit_runs(
-    spec_path: Path, out: Path, cluster: str, resources: Resources, max_requeues: int = 3
+    spec_path: Path,
+    out: Path,
+    cluster: str,
+    resources: Resources,
+    max_requeues: int = 3,
+    reuse: Path | None = None,
 ) -> list[tuple[submitit.Job, str]]:
-    """Validate the spec and the cluster, then submit the unfinished runs -> (job, run folder) pairs."""
+    """Validate the spec and the cluster, then submit the unfinished runs -> (job, run folder) pairs.
+    ``reuse``: a published results.json whose unchanged runs count as finished (not submitted)."""
     out = out.resolve()
     spec, keys, configs = checked_plan(spec_path)
+    if reuse is not None:
+        import_records(reuse, out, keys, configs)
     todo = unfinished(out, keys, configs)
     check_resources(cluster, resources)
     if not todo:
@@ -60,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
     """`compare --cluster ...`: submit, say where the logs are, and (with --wait) write the report."""
     cluster = resolve_cluster(args.cluster)
     resources = job_resources(args, gpus_per_node=args.gpus_per_node)
-    submitted = submit_runs(args.config, args.out, cluster, resources, args.max_requeues)
+    submitted = submit_runs(args.config, args.out, cluster, resources, args.max_requeues, args.reuse)
     if not submitted:
         print("every run is finished; writing the report")
     else:
