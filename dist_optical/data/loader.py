@@ -15,6 +15,7 @@ import signal
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -64,12 +65,29 @@ _OPEN_ITERATORS: weakref.WeakSet = weakref.WeakSet()
 atexit.register(lambda: [batches.close() for batches in list(_OPEN_ITERATORS)])
 
 
+# SLURM, `scancel` and `pkill` signal every process of a job, workers included; a worker that died
+# of one would crash the trainer before its step-boundary checkpoint. The main process handles the
+# stop (engine/signals.py) and shuts the workers down itself, so workers ignore these.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT}
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals while workers fork: they are born with them blocked, so one that arrives
+    before `_ignore_stop_signals` runs (torch's worker loop first installs a SIGTERM handler that
+    exits) stays pending and is then discarded. Here, held signals are delivered on leaving."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
-    """SLURM, `scancel` and `pkill` signal every process of a job, workers included; a worker that
-    died of SIGTERM would crash the trainer before its step-boundary checkpoint. The main process
-    handles the stop (engine/signals.py) and shuts the workers down itself."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+    """Worker init: ignore the stop signals (a pending one is discarded), then let them through."""
+    for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 class ShardLoader:
@@ -137,7 +155,8 @@ class ShardLoader:
                 pin_memory=self.pin_memory,
                 worker_init_fn=_ignore_stop_signals,
             )
-            epoch_batches = iter(loader)
+            with _stop_signals_held():
+                epoch_batches = iter(loader)  # forks the workers
             try:
                 for batch, errors in epoch_batches:
                     self._check_current(generation)

@@ -1,11 +1,15 @@
 """ShardStream / ShardLoader: exactly once per epoch over ranks x workers, resume (also elastic), errors."""
 
+import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -368,6 +372,7 @@ def test_foreign_webdataset_shard_without_id_txt(tmp_path):
 
 ABANDON = """
 import sys
+import threading
 from dist_optical.data import ShardLoader, ShardStream
 batches = iter(ShardLoader(ShardStream(sys.argv[1]), 4, num_workers=1))
 next(batches)  # still open at exit, its worker alive and ignoring SIGTERM
@@ -381,6 +386,50 @@ def test_an_iterator_left_open_does_not_hang_interpreter_exit(shard_dir):
     proc = subprocess.run([sys.executable, "-c", ABANDON, str(shard_dir)], capture_output=True, text=True,
                           timeout=60, cwd=REPO_ROOT)  # fmt: skip
     assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr[-2000:]
+
+
+SIGNALLED = """
+import signal, sys
+from itertools import islice
+from dist_optical.data import ShardLoader, ShardStream
+signal.signal(signal.SIGTERM, lambda *_: None)  # the trainer's stop flag (engine/signals.py)
+print("ready", flush=True)
+loader = ShardLoader(ShardStream(sys.argv[1]), 50, num_workers=1)  # 4 batches an epoch: a fork each 4
+batches = list(islice(loader, 120))
+print("took", len(batches), "in", batches[-1]["epoch"] + 1, "epochs", flush=True)
+"""
+
+
+def test_workers_survive_stop_signals_sent_to_the_whole_job(shard_dir):
+    """`scancel` signals every process of the job: a worker hit while it starts (torch's worker loop
+    installs an exiting SIGTERM handler before any init function runs) once crashed the trainer
+    before its checkpoint. SIGTERM the process group without pause across 30 epochs' worker starts."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNALLED, str(shard_dir)],
+        cwd=REPO_ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        stopped = threading.Event()
+        storm = threading.Thread(target=_signal_group_until, args=(proc.pid, stopped))
+        storm.start()
+        took = proc.stdout.readline()  # blocks until the child has all its batches (or died)
+        stopped.set()
+        storm.join()
+        assert took.split()[:4] == ["took", "120", "in", "30"], proc.stderr.read()[-2000:]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _signal_group_until(pgid: int, stopped: threading.Event) -> None:
+    while not stopped.wait(0.002):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
 
 
 def test_length_grouping_keeps_each_pair_once_and_cuts_padding(shard_dir):
