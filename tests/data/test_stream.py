@@ -138,6 +138,15 @@ def test_epochs_reshuffle_and_stay_exactly_once(shard_dir):
     assert loader.state_dict()["epoch"] == 2 and loader.state_dict()["sample_in_epoch"] == 200
 
 
+def test_a_source_listed_twice_is_read_twice_an_epoch_spread_out(shard_dir):
+    """Upsampling (docs/data.md): each copy is its own shuffled pass, merged over the whole epoch."""
+    keys = [sample["key"] for sample in ShardStream([shard_dir, shard_dir], seed=1)]
+    assert len(keys) == 2 * N_PAIRS and set(Counter(keys).values()) == {2}
+    first: dict[str, int] = {}
+    gaps = [i - first[k] for i, k in enumerate(keys) if first.setdefault(k, i) != i]
+    assert np.median(gaps) > N_PAIRS / 4  # not back to back: the copies are spread over the epoch
+
+
 def test_plain_iteration_splits_across_workers(shard_dir):
     from torch.utils.data import DataLoader
 
