@@ -161,11 +161,11 @@ def ready(folder: Path, key: Any = None) -> bool:
     return _why_rebuild(Path(folder), key) is None
 
 
-def move_aside(folder: Path, why: str, what: str) -> Path:
-    """Rename ``folder`` to ``NAME.damaged-TIME`` beside it (kept, never deleted), with a warning
+def move_aside(folder: Path, why: str, what: str, label: str = "damaged") -> Path:
+    """Rename ``folder`` to ``NAME.LABEL-TIME`` beside it (kept, never deleted), with a warning
     saying ``why`` (``is damaged: FILE ...``); returns where it went."""
-    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    with writing(aside, f"(moving aside) the damaged {what}"):
+    aside = folder.with_name(f"{folder.name}.{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with writing(aside, f"(moving aside) the {label} {what}"):
         folder.rename(aside)
     log.warning("%s %s %s; moved it aside to %s", what, folder, why, aside)
     return aside

@@ -195,6 +195,16 @@ def test_rerun_retrains_nothing_and_an_interrupted_grid_continues(compared):
         path.stat().st_mtime_ns == stamp for path, stamp in stamps.items() if path.parent != redo.parent
     )
 
+    # A finished run whose config changed is run again; its old folder is kept beside, not deleted.
+    zero_shot = runs / "zero-shot" / "result.json"
+    old = json.loads(zero_shot.read_text())
+    zero_shot.write_text(json.dumps({**old, "config_hash": "another"}), encoding="utf-8")
+    proc = compare(spec, out)
+    assert "was made from another config; running it again" in proc.stderr
+    (aside,) = runs.glob("zero-shot.replaced-*")
+    assert json.loads((aside / "result.json").read_text())["config_hash"] == "another"
+    assert json.loads(zero_shot.read_text())["config_hash"] == old["config_hash"]
+
 
 @pytest.mark.parametrize("carried_by", ["--reuse", "--publish"])
 def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_time(

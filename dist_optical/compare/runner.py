@@ -8,8 +8,9 @@ Output folder (``--out``, default ``runs/compare``):
 
 A run is finished when its result.json exists (written atomically, last) and was made from the
 same resolved config; finished runs are skipped, so re-running after an interruption continues.
-A run whose config changed since is run again from scratch. Checkpoints and the exported
-student are deleted once result.json is written, unless the spec says ``keep_models: true``.
+A run whose config changed since is run again from scratch; its old folder is kept beside it, as
+FOLDER.replaced-TIME. Checkpoints and the exported student are deleted once result.json is
+written, unless the spec says ``keep_models: true``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dist_optical.artifacts import move_aside
 from dist_optical.compare.report import significance, summarise, verdicts, write_report
 from dist_optical.compare.spec import PROTOCOLS, RunKey, Spec, load_spec, plan
 from dist_optical.config import Config, ConfigError, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
 from dist_optical.engine.signals import StopRequest
-from dist_optical.files import write_json
+from dist_optical.files import atomic_write, write_json
 
 log = logging.getLogger("dist_optical.compare")
 
@@ -122,7 +124,7 @@ def run_compare(
     if publish is not None:
         publish.mkdir(parents=True, exist_ok=True)
         for path in [out / "results.json", *files]:
-            shutil.copy2(path, publish / path.name)
+            atomic_write(publish / path.name, path.read_bytes(), "the published comparison")
         log.info("published %s to %s", ", ".join(p.name for p in files), publish)
     log.info(
         "compare: %d runs (%d skipped) in %.1f min -> %s", len(records), skipped, results["wall_s"] / 60, out
@@ -244,9 +246,8 @@ def run_one(
     result_path = run_dir / RESULT
     if (record := _finished(run_dir, digest)) is not None:
         return record, True
-    if result_path.is_file():
-        log.warning("%s: its config changed since it finished; running it again", key.folder())
-        shutil.rmtree(run_dir)
+    if result_path.is_file():  # finished with another config: kept beside, then run again
+        move_aside(run_dir, "was made from another config; running it again", "finished run", "replaced")
     run_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "language": key.language,
