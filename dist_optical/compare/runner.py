@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,8 @@ def run_compare(
 
     results = {
         "spec": str(spec.path),
+        # What made this invocation (a grid run in pieces has one per piece; the report shows the last).
+        "command": shlex.join(["dist-optical", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "wall_s": time.time() - started,
         # Summed over runs as each was measured when it ran (also when this invocation reused it).
