@@ -29,7 +29,7 @@ from typing import Any
 from dist_optical.artifacts import move_aside
 from dist_optical.compare.report import significance, summarise, verdicts, write_report
 from dist_optical.compare.spec import PROTOCOLS, RunKey, Spec, load_spec, plan
-from dist_optical.config import Config, ConfigError, config_hash, config_to_dict
+from dist_optical.config import REPO_ROOT, Config, ConfigError, config_hash, config_to_dict
 from dist_optical.data.bitext import verse_book
 from dist_optical.engine.signals import StopRequest
 from dist_optical.files import atomic_write, write_json
@@ -99,7 +99,10 @@ def run_compare(
         log.info("[%d/%d] %s %s", position, len(keys), done, key.folder())
 
     results = {
-        "spec": str(spec.path),
+        # Relative to the repository when inside it: the published report names no machine's folders.
+        "spec": spec.path.relative_to(REPO_ROOT).as_posix()
+        if spec.path.is_relative_to(REPO_ROOT)
+        else str(spec.path),
         # What made this invocation (a grid run in pieces has one per piece; the report shows the last).
         "command": shlex.join(["dist-optical", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),

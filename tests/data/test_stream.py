@@ -381,7 +381,6 @@ def test_foreign_webdataset_shard_without_id_txt(tmp_path):
 
 ABANDON = """
 import sys
-import threading
 from dist_optical.data import ShardLoader, ShardStream
 batches = iter(ShardLoader(ShardStream(sys.argv[1]), 4, num_workers=1))
 next(batches)  # still open at exit, its worker alive and ignoring SIGTERM
