@@ -102,3 +102,43 @@ def test_the_power_estimate_on_a_known_binomial_case():
     assert test["sd"] == pytest.approx(sd, rel=1e-3) and test["diff"] == pytest.approx(5.0)
     half = (test["high"] - test["low"]) / 2
     assert half == pytest.approx(1.959964 * sd / np.sqrt(n), rel=0.1)
+
+
+def test_the_opening_paragraph_is_three_sentences_read_off_the_verdicts():
+    """Synthetic verdicts with known kinds: the tallies count them, each better/worse eval set is
+    named once per objective with its views and range, objectives in their spec order."""
+    from dist_optical.compare.report import answer
+
+    def judged(diff: float, low: float, high: float) -> dict:
+        return verdict(
+            {
+                "diff": diff,
+                "low": low,
+                "high": high,
+                "significant": low > 0 or high < 0,
+                "sd": 30.0,
+                "queries": 400,
+            }
+        )
+
+    views = ["idx/src->tgt", "idx/tgt->src", "alone/src->tgt", "alone/tgt->src"]
+    ot_nce = [judged(3.0, 1.0, 5.0), judged(50.0, 45.0, 55.0), judged(0.1, -0.9, 1.0), judged(0.5, -2.0, 3.0)]
+    ot = [judged(-9.0, -12.0, -6.0), judged(4.0, 1.0, 7.0), judged(-2.0, -3.0, -1.0), judged(-1.0, -4.0, 2.0)]
+    verdicts = {
+        "wol": {
+            "news": {"ot_nce": dict(zip(views, ot_nce, strict=True)), "ot": dict(zip(views, ot, strict=True))}
+        }
+    }
+    (paragraph, blank) = answer(verdicts)
+    assert blank == ""
+    counts, better, worse = paragraph.split(". ")
+    assert "`ot_nce` is better in 2, worse in 0, equivalent within ±1.5 in 1 and undecided in 1" in counts
+    assert "`ot` is better in 1, worse in 2, equivalent within ±1.5 in 0 and undecided in 1" in counts
+    assert better.endswith(
+        "`ot_nce` on wol news in 2 of 4 views (+3.0 to +50.0); `ot` on wol news in 1 of 4 views (+4.0)"
+    )
+    assert worse.startswith("Worse than InfoNCE")
+    assert worse.endswith(": `ot` on wol news in 2 of 4 views (-2.0 to -9.0).")
+    assert answer({}) == []
+    only_better = {"wol": {"news": {"ot_nce": dict(zip(views[:1], ot_nce[:1], strict=True))}}}
+    assert answer(only_better)[0].endswith("No objective is worse than InfoNCE in any cell.")

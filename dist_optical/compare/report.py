@@ -416,19 +416,19 @@ def _bold_kind(decided: dict[str, Any]) -> str:
 
 def answer(judged: dict[str, Any]) -> list[str]:
     """The report's opening paragraph, three sentences read off the verdicts only: per objective,
-    how many cells fall each way; then where an objective is better, and where worse."""
+    how many cells fall each way; then each eval set where an objective is better (in how many of
+    the views, by how much), then each where it is worse. The verdict tables hold the intervals."""
     counts: dict[str, dict[str, int]] = {}
-    found: dict[str, list[str]] = {"better": [], "worse": []}
+    found: dict[str, dict[tuple[str, str, str], list[float]]] = {"better": {}, "worse": {}}
     for language, sets in judged.items():
         for name, objectives in sets.items():
             for objective, views in objectives.items():
-                for view, decided in views.items():
-                    tally = counts.setdefault(objective, dict.fromkeys(VERDICT_KINDS, 0))
-                    tally[decided["kind"]] += 1
-                    if decided["kind"] in found:
-                        found[decided["kind"]].append(
-                            f"`{objective}` on {language} {name} ({_view_label(view)}: {decided['text']})"
-                        )
+                tally = counts.setdefault(objective, dict.fromkeys(VERDICT_KINDS, 0))
+                for decided in views.values():
+                    kind = decided["kind"]
+                    tally[kind] += 1
+                    if kind in found:
+                        found[kind].setdefault((objective, language, name), []).append(decided["diff"])
     if not counts:
         return []
     tallies = "; ".join(
@@ -438,12 +438,23 @@ def answer(judged: dict[str, Any]) -> list[str]:
     )
     cells = max(sum(tally.values()) for tally in counts.values())
     first = (
-        f"Against InfoNCE, over up to {cells} cells each (language x set x direction x protocol): {tallies}."
+        f"Against InfoNCE, over up to {cells} cells each (language x set x direction x protocol, "
+        f"paired-bootstrap 95% intervals): {tallies}."
     )
-    rest = [
-        f"{kind.capitalize()} than InfoNCE: " + "; ".join(places) + "."
-        if places
-        else f"No objective is {kind} than InfoNCE in any cell."
-        for kind, places in found.items()
-    ]
+    rest = []
+    for kind, places in found.items():
+        ranked = sorted(places.items(), key=lambda place: list(counts).index(place[0][0]))
+        rest.append(
+            f"{kind.capitalize()} than InfoNCE, by eval set (the differences in points): "
+            + "; ".join(_place(*where, diffs) for where, diffs in ranked)
+            + "."
+            if places
+            else f"No objective is {kind} than InfoNCE in any cell."
+        )
     return [" ".join([first, *rest]), ""]
+
+
+def _place(objective: str, language: str, name: str, diffs: list[float]) -> str:
+    low, high = sorted((min(diffs), max(diffs)), key=abs)
+    spread = f"{low:+.1f}" if len(diffs) == 1 else f"{low:+.1f} to {high:+.1f}"
+    return f"`{objective}` on {language} {name} in {len(diffs)} of {len(VIEWS)} views ({spread})"

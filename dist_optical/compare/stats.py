@@ -73,20 +73,21 @@ def queries_needed(diff: float, sd: float, margin: float = MARGIN) -> int | None
 
 
 def verdict(test: dict[str, float], margin: float = MARGIN) -> dict[str, object]:
-    """One paired-bootstrap result -> {kind, text, interval, needed}:
+    """One paired-bootstrap result -> {kind, text, interval, diff, needed}:
     - "better"/"worse": the interval excludes 0 ("better by X [lo, hi]");
     - "equivalent": the interval lies inside +-margin;
     - "undecided": neither; ``needed`` = `queries_needed` at the observed variance."""
     interval = f"[{test['low']:+.1f}, {test['high']:+.1f}]"
+    judged = {"interval": interval, "diff": test["diff"], "needed": None}
     if test["significant"]:
         kind = "better" if test["diff"] > 0 else "worse"
         text = f"{kind} by {abs(test['diff']):.1f} {interval}"
-        return {"kind": kind, "text": text, "interval": interval, "needed": None}
+        return {**judged, "kind": kind, "text": text}
     if -margin < test["low"] and test["high"] < margin:
         text = f"equivalent within ±{margin:g}: {test['diff']:+.1f} {interval}"
-        return {"kind": "equivalent", "text": text, "interval": interval, "needed": None}
+        return {**judged, "kind": "equivalent", "text": text}
     needed = queries_needed(test["diff"], test["sd"], margin)
     needed = needed and max(needed, test["queries"] + 1)  # the bootstrap, not the normal law, decides
     more = f"~{needed:,} queries at this variance (has {test['queries']:,})" if needed else "more seeds"
     text = f"undecided: {test['diff']:+.1f} {interval}; would need {more}"
-    return {"kind": "undecided", "text": text, "interval": interval, "needed": needed}
+    return {**judged, "kind": "undecided", "text": text, "needed": needed}
