@@ -107,6 +107,12 @@ def test_report_numbers_match_results_json(compared):
     diagnostics = summary["ot/pairs-all"]["diagnostics"]["last"]
     assert "ot/plan_entropy" in diagnostics and "collapse/student_cos" in diagnostics
     assert not (out / "runs/swh/ot/pairs-all/seed0/checkpoints").exists()  # deleted once evaluated
+    # every run's own cost and load, as it ran, in the report's last table
+    runs = report.split("## Runs")[1]
+    for run in results["runs"]:
+        train = f"{run['train_wall_s'] / 60:.1f}" if "train_wall_s" in run else "-"
+        assert f"| {run['folder']} | {train} |" in runs
+        assert runs.count(f"| {run['folder']} |") == 1
 
 
 def test_intervals_come_from_the_runs_per_query_ranks(compared):

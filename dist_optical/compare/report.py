@@ -103,6 +103,7 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
             ]
         lines += [f"![{name}]({plot.name})", ""]
     lines += _reading(summary, spec, kinds)
+    lines += _runs(results["runs"])
     report = out / "report.md"
     atomic_write(report, "\n".join(lines))
     return [report, *plots, *extra]
@@ -132,11 +133,15 @@ def _header(results: dict[str, Any], spec: Spec) -> list[str]:
         *_partial(results),
         "## Setup",
         "",
-        f"- Base config `{spec.base}`; teacher `{model.get('teacher')}` (frozen, encodes the English side); "
+        f"- Base config `{spec.base}`; teacher `{model.get('teacher')}` (frozen, encodes the pivot side: "
+        "English or French); "
         f"student initialised from `{model.get('student') or model.get('teacher')}`; max_length "
         f"{model.get('max_length')}.",
         f"- Training: {train.get('max_steps')} steps of {train.get('micro_batch_size')} pairs, lr "
         f"{train.get('lr')}, warmup {train.get('warmup_steps')}, {train.get('deepspeed')}.",
+        f"- Fixed before the first run: every setting of `{results['spec']}` (budget, objectives, seeds, "
+        "eval sets). A run is keyed by its config's hash: a setting changed later moves that run aside "
+        "and runs it again; it is never mixed with runs of the old setting.",
         "- Objectives (overrides of the base config):",
         "",
         "| objective | overrides |",
@@ -173,6 +178,24 @@ def _header(results: dict[str, Any], spec: Spec) -> list[str]:
         "",
     ]
     return lines
+
+
+def _runs(records: list[dict[str, Any]]) -> list[str]:
+    """Each run's cost and the machine's load when it ended: what every wall time above rests on."""
+    lines = [
+        "## Runs",
+        "",
+        "Each run as it was measured when it ran (a reused run keeps its own figures).",
+        "",
+        "| run | training min | s/step | evaluation min | 1-min load at the end |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        train = f"{r['train_wall_s'] / 60:.1f}" if "train_wall_s" in r else "-"
+        step = f"{r['step_s']:.2f}" if r.get("step_s") else "-"
+        load = f"{r['load_average']:.1f}" if "load_average" in r else "-"
+        lines.append(f"| {r['folder']} | {train} | {step} | {r['eval_wall_s'] / 60:.1f} | {load} |")
+    return [*lines, ""]
 
 
 def _partial(results: dict[str, Any]) -> list[str]:
