@@ -1,6 +1,7 @@
-"""Typed run configuration: dataclasses loaded from YAML, overridden by ``key.sub=value``.
+"""Typed run configuration: the schema (dataclasses), loaded from YAML and overridden by
+``key.sub=value`` through typed_yaml.py, which checks types, choices and ranges.
 
-Every value is checked here, once, at load time, so that train, run, submit (before queueing) and
+Every value is checked once, at load time, so that train, run, submit (before queueing) and
 compare all refuse a bad value up front: unknown keys, wrong types, a choice outside its `Literal`,
 a number outside the range in its field's `check`. The consumers trust the config. A field marked
 `resume=True` cannot change between a checkpoint and its resume.
@@ -11,27 +12,35 @@ the reasons; tests/test_config.py checks they are equal), so a key a YAML leaves
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import math
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from dist_optical.errors import UserError
+from dist_optical.typed_yaml import (
+    ATLEAST1,
+    FRACTION,
+    NONNEG,
+    POSITIVE,
+    ConfigError,
+    Source,
+    build,
+    check_ranges,
+    marked,
+    origin_of,
+    pop_path,
+    read_yaml,
+    set_path,
+    setting,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(UserError):
-    """A configuration file or override that does not fit the schema."""
 
 
 # The enumerated choices: a value outside its Literal is refused at load time.
@@ -47,30 +56,6 @@ OnError = Literal["raise", "skip"]
 EvalKind = Literal["parallel", "bible", "clir"]
 TeacherCacheDtype = Literal["none", "fp32", "fp16"]
 LOSS_TERMS: tuple[str, ...] = typing.get_args(LossTerm)
-
-# A range: (test, what is expected), checked at load time on the field that carries it.
-Check = tuple[Callable[[Any], bool], str]
-POSITIVE: Check = (lambda v: v > 0, "> 0")
-NONNEG: Check = (lambda v: v >= 0, ">= 0")
-ATLEAST1: Check = (lambda v: v >= 1, ">= 1")
-FRACTION: Check = (lambda v: 0 <= v <= 1, "in [0, 1]")
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    *,
-    check: Check | None = None,
-    resume: bool = False,
-    speed_only: bool = False,
-    factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A config field with its range (``check``), whether a resume must keep it (``resume``), and
-    whether it changes only how fast the same recipe runs (``speed_only``: left out of
-    `config_hash`, so a finished run still counts as made from the config)."""
-    metadata = {"check": check, "resume": resume, "speed_only": speed_only}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -305,12 +290,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Mappings a YAML replaces whole, not key by key: ``loss: {mse: 1.0}`` means MSE alone.
+WHOLE = frozenset({"loss"})
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a Config from a YAML file (optional) and ``key.sub=value`` overrides, in that order."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        raw = read_yaml(path)
+        raw = read_yaml(path, whole=WHOLE)
     overridden: dict[str, str] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -320,7 +309,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"command line: override {item!r}: not valid YAML ({err})") from err
-        _set_path(raw, key.strip().split("."), value)
+        set_path(raw, key.strip().split("."), value)
         overridden[key.strip()] = item
     source = Source(str(path) if path is not None else "defaults", overridden)
     _drop_retired(raw, source)
@@ -336,64 +325,10 @@ RETIRED = {"train.pivot_chunks": "train.pack"}
 
 def _drop_retired(raw: dict[str, Any], source: Source) -> None:
     for dotted, successor in RETIRED.items():
-        if _pop_path(raw, dotted):
+        if pop_path(raw, dotted):
             logging.getLogger("dist_optical.config").warning(
                 "%s: %s is retired (now %s); ignored", source.of(dotted), dotted, successor
             )
-
-
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's mapping; a top-level ``base: FILE`` (relative to this file) is read first and
-    this file's keys are merged over it (sections key by key; lists and values replace), so a
-    variant names only what differs from the config it builds on."""
-    if path.is_dir():
-        raise ConfigError(f"--config {path}: is a folder; expected a YAML file (configs/default.yaml)")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-    raw = loaded or {}
-    if "base" not in raw:
-        return raw
-    base = path.parent / str(raw.pop("base"))
-    if base.resolve() in seen:
-        raise ConfigError(f"{path}: base {base} includes itself")
-    return _merged(read_yaml(base, (*seen, path.resolve())), raw)
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        both_sections = isinstance(value, dict) and isinstance(base.get(key), dict) and key != "loss"
-        merged[key] = _merged(base[key], value) if both_sections else value
-    return merged
-
-
-@dataclass
-class Source:
-    """Where a config value came from: the YAML file, or a command-line override (named in errors)."""
-
-    file: str
-    overridden: dict[str, str] = field(default_factory=dict)
-
-    def of(self, key: str) -> str:
-        """The override that set ``key``, a section above it or a key below it; else the file."""
-        for dotted, item in self.overridden.items():
-            if _nested(key, dotted) or _nested(dotted, key):
-                return f"command line ({item})"
-        return self.file
-
-    def __str__(self) -> str:
-        return self.file
-
-
-def _nested(inner: str, outer: str) -> bool:
-    """Whether dotted key ``inner`` is ``outer`` or lies below it (``outer.x``, ``outer[0]``)."""
-    return inner == outer or inner.startswith((outer + ".", outer + "["))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -404,7 +339,7 @@ def config_hash(cfg: Config) -> str:
     """What a run was made from: the resolved config without its speed-only fields."""
     outcome = config_to_dict(cfg)
     for dotted in speed_only_keys():
-        _pop_path(outcome, dotted)
+        pop_path(outcome, dotted)
     return hashlib.sha256(json.dumps(outcome, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -414,100 +349,14 @@ def save_config(cfg: Config, path: Path) -> None:
     atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {'.'.join(keys)}: {key} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def _pop_path(node: dict[str, Any], dotted: str) -> bool:
-    """Remove a dotted key from nested sections; whether it was there."""
-    *sections, key = dotted.split(".")
-    for section in sections:
-        node = node.get(section)
-        if not isinstance(node, dict):
-            return False
-    if key not in node:
-        return False
-    del node[key]
-    return True
-
-
-def _where(source: str | Source, key: str) -> str:
-    return source.of(key) if isinstance(source, Source) else str(source)
-
-
-def build(cls: type, raw: Any, source: str | Source, prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping (types and choices checked, ranges not: see
-    `validate`); ``source`` names where it came from, ``prefix`` is the dotted key path so far."""
-    if not isinstance(raw, dict):
-        where = _where(source, prefix.rstrip("."))
-        raise ConfigError(f"{where}: config key {prefix or '<top>'!r}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(
-            f"{_where(source, prefix + unknown[0])}: unknown config key {prefix + unknown[0]!r} "
-            f"(known here: {', '.join(sorted(names))})"
-        )
-    return cls(**{name: _coerce(hints[name], value, source, prefix + name) for name, value in raw.items()})
-
-
-def _coerce(hint: Any, value: Any, source: str | Source, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, source, key + ".")
-    where = _where(source, key)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(
-                f"{where}: config key {key!r}: expected one of {', '.join(choices)}, got {value!r}"
-            )
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: config key {key!r}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: config key {key!r}: expected a mapping, got {value!r}")
-        key_type, value_type = typing.get_args(hint)
-        return {
-            _coerce(key_type, k, source, f"{key}.{k}"): _coerce(value_type, v, source, f"{key}.{k}")
-            for k, v in value.items()
-        }
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if hint is float and isinstance(value, str):
-        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-4" as a string
-            value = float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{where}: config key {key!r}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
-        )
-    if hint is float and not math.isfinite(value):  # inf passes every "> 0" check
-        raise ConfigError(f"{where}: config key {key!r}: expected a finite number, got {value!r}")
-    return value
-
-
 def validate(cfg: Config, source: str | Source = "config") -> None:
     """Every field's range (its ``check``) and the rules across fields; a ConfigError names the key,
     where it came from, the value and what was expected."""
 
     def fail(key: str, value: Any, expected: str) -> None:
-        raise ConfigError(f"{_where(source, key)}: config key {key!r}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{origin_of(source, key)}: config key {key!r}: expected {expected}, got {value!r}")
 
-    for key, value, check in _checked_fields(cfg):
-        test, expected = check
-        if not test(value):
-            fail(key, value, expected)
+    check_ranges(cfg, source)
     for name, weight in cfg.loss.items():
         if not weight >= 0:
             fail(f"loss.{name}", weight, ">= 0")
@@ -529,20 +378,6 @@ def validate(cfg: Config, source: str | Source = "config") -> None:
                 fail("train.dev_sets", dev_set, "an aligned set (parallel or bible), not a clir one")
 
 
-def _checked_fields(node: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any, Check]]:
-    """(dotted key, value, check) of every field that carries a check, lists of sections included."""
-    for f in dataclasses.fields(node):
-        key, value = prefix + f.name, getattr(node, f.name)
-        if f.metadata.get("check"):
-            yield key, value, f.metadata["check"]
-        if dataclasses.is_dataclass(value):
-            yield from _checked_fields(value, key + ".")
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if dataclasses.is_dataclass(item):
-                    yield from _checked_fields(item, f"{key}[{i}].")
-
-
 def resume_sensitive(cls: type = Config) -> list[str]:
     """Dotted keys of the fields marked ``resume=True``: changing one between a checkpoint and its
     resume would silently train a different thing."""
@@ -552,17 +387,6 @@ def resume_sensitive(cls: type = Config) -> list[str]:
 def speed_only_keys(cls: type = Config) -> list[str]:
     """Dotted keys of the fields marked ``speed_only=True``."""
     return marked("speed_only", cls)
-
-
-def marked(flag: str, cls: type, prefix: str = "") -> list[str]:
-    """Dotted keys of the fields whose metadata sets ``flag`` (a marked section stands for its keys)."""
-    hints, keys = typing.get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        if f.metadata.get(flag):
-            keys.append(prefix + f.name)
-        elif dataclasses.is_dataclass(hints[f.name]):
-            keys.extend(marked(flag, hints[f.name], prefix + f.name + "."))
-    return keys
 
 
 def repo_path(path: str | Path) -> Path:

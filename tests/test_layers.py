@@ -1,9 +1,9 @@
 """The architecture as a test: every module imports on its own, and no layer reaches up.
 
-Layers, lowest first: core (errors, files, artifacts, config, compat) -> data -> models -> ot, objectives ->
-engine -> eval -> train -> launch -> compare -> the main job and the CLI. A module may import from
-its own layer and the ones below; ot/ and objectives/ (the math) never touch torch.distributed or
-DeepSpeed.
+Layers, lowest first: core (errors, files, artifacts, typed_yaml, config, compat) -> data -> models
+-> ot, objectives -> engine -> eval -> train -> launch -> compare -> the main job and the CLI. A
+module may import from its own layer and the ones below; ot/ and objectives/ (the math) never touch
+torch.distributed or DeepSpeed.
 """
 
 import ast
@@ -19,7 +19,7 @@ from dist_optical.ot.sinkhorn import GRAD_MODES
 
 PACKAGE = REPO_ROOT / "dist_optical"
 LAYERS = [
-    {"errors", "files", "artifacts", "config", "compat"},
+    {"errors", "files", "artifacts", "typed_yaml", "config", "compat"},
     {"data"},
     {"models"},
     {"ot", "objectives"},
