@@ -107,7 +107,7 @@ def test_the_power_estimate_on_a_known_binomial_case():
 def test_the_opening_paragraph_is_three_sentences_read_off_the_verdicts():
     """Synthetic verdicts with known kinds: the tallies count them, each better/worse eval set is
     named once per objective with its views and range, objectives in their spec order."""
-    from dist_optical.compare.report import answer
+    from dist_optical.compare.verdicts import answer
 
     def judged(diff: float, low: float, high: float) -> dict:
         return verdict(

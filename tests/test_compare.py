@@ -116,8 +116,8 @@ def test_report_numbers_match_results_json(compared):
 
 
 def test_intervals_come_from_the_runs_per_query_ranks(compared):
-    from dist_optical.compare.report import _interval
     from dist_optical.compare.stats import correct_at_1, paired_bootstrap, verdict
+    from dist_optical.compare.verdicts import _interval
 
     _, out = compared
     results = json.loads((out / "results.json").read_text())
@@ -290,11 +290,13 @@ def xml_bible(path, books):
 def test_by_book_split_is_checked_on_the_shard_keys(tmp_path, exclude):
     xml_bible(tmp_path / "xx.xml", ["MAT", "JUD", "REV"])
     xml_bible(tmp_path / "en.xml", ["MAT", "JUD", "REV"])
+    (tmp_path / "news.xx").write_text("a\nb\nc\n", encoding="utf-8")  # keys news.xx:1..3, not books
+    (tmp_path / "news.en").write_text("A\nB\nC\n", encoding="utf-8")
     cfg = load_config(
         None,
         [
             f"data.root={tmp_path}",
-            "data.bitexts=[{lang: xx, files: [xx.xml, en.xml]}]",
+            "data.bitexts=[{lang: xx, files: [xx.xml, en.xml]}, {lang: xx, files: [news.xx, news.en]}]",
             f"data.shards={tmp_path / 'shards'}",
             f"data.exclude_books={exclude}",
             "eval.sets=[{name: rev, kind: bible, queries: xx.xml, targets: en.xml, books: [REV]}]",
@@ -302,7 +304,7 @@ def test_by_book_split_is_checked_on_the_shard_keys(tmp_path, exclude):
     )
     if exclude:
         split = check_split("xx", cfg)
-        assert split["train_pairs"] == 4 and split["train_books"] == ["JUD", "MAT"]
+        assert split["train_pairs"] == 4 + 3 and split["train_books"] == ["JUD", "MAT"]
         assert split["eval"]["rev"] == {"books": ["REV"], "verses": 2, "overlap": 0}
     else:
         with pytest.raises(UserError, match=r"xx: eval set rev: 2 evaluation keys are also training keys"):

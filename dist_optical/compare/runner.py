@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from dist_optical.artifacts import move_aside
-from dist_optical.compare.report import significance, summarise, verdicts, write_report
+from dist_optical.compare.report import summarise, write_report
 from dist_optical.compare.spec import PROTOCOLS, RunKey, Spec, load_spec, plan
+from dist_optical.compare.verdicts import significance, verdicts
 from dist_optical.config import REPO_ROOT, Config, ConfigError, config_hash, config_to_dict
-from dist_optical.data.bitext import verse_book
+from dist_optical.data.bitext import is_verse_id, verse_book
 from dist_optical.engine.signals import StopRequest
 from dist_optical.files import atomic_write, write_json
 
@@ -214,7 +215,7 @@ def check_split(language: str, cfg: Config) -> dict[str, Any]:
             continue
         data = load_eval_set(cfg, eval_set)
         check_disjoint(train_keys, data.keys, f"{language}: eval set {eval_set.name}")
-        split["train_books"] = sorted({verse_book(key) for key in train_keys})
+        split["train_books"] = sorted({verse_book(key) for key in train_keys if is_verse_id(key)})
         split["eval"][eval_set.name] = {"books": eval_set.books, "verses": len(data.keys), "overlap": 0}
     return split
 

@@ -152,6 +152,12 @@ def verse_book(verse_id: str) -> str:
     return parts[1] if len(parts) > 1 else verse_id
 
 
+def is_verse_id(key: str) -> bool:
+    """Whether a pair's key is a Bible verse id (``b.MAT.1.1``), not a line of plain text."""
+    parts = key.split(".")
+    return len(parts) == 4 and parts[0] == "b"
+
+
 def _read_bible_pairs(
     src_path: Path, tgt_path: Path, exclude_books: list[str], counts: Counter
 ) -> Iterator[Pair]:
