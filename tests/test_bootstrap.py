@@ -126,19 +126,23 @@ def test_the_opening_paragraph_is_three_sentences_read_off_the_verdicts():
     ot = [judged(-9.0, -12.0, -6.0), judged(4.0, 1.0, 7.0), judged(-2.0, -3.0, -1.0), judged(-1.0, -4.0, 2.0)]
     verdicts = {
         "wol": {
-            "news": {"ot_nce": dict(zip(views, ot_nce, strict=True)), "ot": dict(zip(views, ot, strict=True))}
+            "news": {
+                "ot_nce": dict(zip(views, ot_nce, strict=True)),
+                "ot": dict(zip(views, ot, strict=True)),
+            },
+            "rev": {"ot_nce": {views[0]: judged(6.0, 2.0, 10.0)}},
         }
     }
     (paragraph, blank) = answer(verdicts)
     assert blank == ""
     counts, better, worse = paragraph.split(". ")
-    assert "`ot_nce` is better in 2, worse in 0, equivalent within ±1.5 in 1 and undecided in 1" in counts
+    assert "`ot_nce` is better in 3, worse in 0, equivalent within ±1.5 in 1 and undecided in 1" in counts
     assert "`ot` is better in 1, worse in 2, equivalent within ±1.5 in 0 and undecided in 1" in counts
-    assert better.endswith(
-        "`ot_nce` on wol news in 2 of 4 views (+3.0 to +50.0); `ot` on wol news in 1 of 4 views (+4.0)"
-    )
+    # each objective named once, its eval sets after it, in the order the verdicts list them
+    ot_nce_sets = "`ot_nce` on wol news 2 (+3.0 to +50.0), wol rev 1 (+6.0)"
+    assert better.endswith(f": {ot_nce_sets}; `ot` on wol news 1 (+4.0)")
     assert worse.startswith("Worse than InfoNCE")
-    assert worse.endswith(": `ot` on wol news in 2 of 4 views (-2.0 to -9.0).")
+    assert worse.endswith(": `ot` on wol news 2 (-2.0 to -9.0).")
     assert answer({}) == []
     only_better = {"wol": {"news": {"ot_nce": dict(zip(views[:1], ot_nce[:1], strict=True))}}}
     assert answer(only_better)[0].endswith("No objective is worse than InfoNCE in any cell.")

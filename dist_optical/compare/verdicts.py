@@ -177,18 +177,20 @@ def answer(judged: dict[str, Any]) -> list[str]:
     )
     rest = []
     for kind, places in found.items():
-        ranked = sorted(places.items(), key=lambda place: list(counts).index(place[0][0]))
+        by_objective: dict[str, list[str]] = {objective: [] for objective in counts}
+        for (objective, language, name), diffs in places.items():
+            by_objective[objective].append(_place(language, name, diffs))
+        clauses = [f"`{o}` on " + ", ".join(sets) for o, sets in by_objective.items() if sets]
         rest.append(
-            f"{kind.capitalize()} than InfoNCE, by eval set (the differences in points): "
-            + "; ".join(_place(*where, diffs) for where, diffs in ranked)
-            + "."
-            if places
+            f"{kind.capitalize()} than InfoNCE (in how many of the {len(VIEWS)} views, the differences "
+            "in points): " + "; ".join(clauses) + "."
+            if clauses
             else f"No objective is {kind} than InfoNCE in any cell."
         )
     return [" ".join([first, *rest]), ""]
 
 
-def _place(objective: str, language: str, name: str, diffs: list[float]) -> str:
+def _place(language: str, name: str, diffs: list[float]) -> str:
     low, high = sorted((min(diffs), max(diffs)), key=abs)
     spread = f"{low:+.1f}" if len(diffs) == 1 else f"{low:+.1f} to {high:+.1f}"
-    return f"`{objective}` on {language} {name} in {len(diffs)} of {len(VIEWS)} views ({spread})"
+    return f"{language} {name} {len(diffs)} ({spread})"
