@@ -215,8 +215,9 @@ def check_split(language: str, cfg: Config) -> dict[str, Any]:
             continue
         data = load_eval_set(cfg, eval_set)
         check_disjoint(train_keys, data.keys, f"{language}: eval set {eval_set.name}")
-        split["train_books"] = sorted({verse_book(key) for key in train_keys if is_verse_id(key)})
         split["eval"][eval_set.name] = {"books": eval_set.books, "verses": len(data.keys), "overlap": 0}
+    if split["eval"]:  # a split by book: which books the training pairs come from
+        split["train_books"] = sorted({verse_book(key) for key in train_keys if is_verse_id(key)})
     return split
 
 

@@ -153,7 +153,8 @@ def answer(judged: dict[str, Any]) -> list[str]:
     how many cells fall each way; then each eval set where an objective is better (in how many of
     the views, by how much), then each where it is worse. The verdict tables hold the intervals."""
     counts: dict[str, dict[str, int]] = {}
-    found: dict[str, dict[tuple[str, str, str], list[float]]] = {"better": {}, "worse": {}}
+    # kind -> objective -> (language, eval set) -> the differences of its views of that kind
+    found: dict[str, dict[str, dict[tuple[str, str], list[float]]]] = {"better": {}, "worse": {}}
     for language, sets in judged.items():
         for name, objectives in sets.items():
             for objective, views in objectives.items():
@@ -162,7 +163,8 @@ def answer(judged: dict[str, Any]) -> list[str]:
                     kind = decided["kind"]
                     tally[kind] += 1
                     if kind in found:
-                        found[kind].setdefault((objective, language, name), []).append(decided["diff"])
+                        places = found[kind].setdefault(objective, {})
+                        places.setdefault((language, name), []).append(decided["diff"])
     if not counts:
         return []
     tallies = "; ".join(
@@ -176,11 +178,12 @@ def answer(judged: dict[str, Any]) -> list[str]:
         f"paired-bootstrap 95% intervals): {tallies}."
     )
     rest = []
-    for kind, places in found.items():
-        by_objective: dict[str, list[str]] = {objective: [] for objective in counts}
-        for (objective, language, name), diffs in places.items():
-            by_objective[objective].append(_place(language, name, diffs))
-        clauses = [f"`{o}` on " + ", ".join(sets) for o, sets in by_objective.items() if sets]
+    for kind, by_objective in found.items():
+        clauses = [
+            f"`{o}` on " + ", ".join(_place(*where, diffs) for where, diffs in by_objective[o].items())
+            for o in counts  # the objectives in their order, each named once
+            if o in by_objective
+        ]
         rest.append(
             f"{kind.capitalize()} than InfoNCE (in how many of the {len(VIEWS)} views, the differences "
             "in points): " + "; ".join(clauses) + "."
