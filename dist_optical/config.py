@@ -290,16 +290,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Mappings a YAML replaces whole, not key by key: ``loss: {mse: 1.0}`` means MSE alone.
-WHOLE = frozenset({"loss"})
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a Config from a YAML file (optional) and ``key.sub=value`` overrides, in that order."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        raw = read_yaml(path, whole=WHOLE)
+        raw = read_yaml(path, Config)
     overridden: dict[str, str] = {}
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -6,6 +6,7 @@ schema is config.py's."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import typing
@@ -48,10 +49,10 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-def read_yaml(path: Path, whole: frozenset[str] = frozenset(), seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's mapping; a top-level ``base: FILE`` (relative to this file) is read first and
-    this file's keys are merged over it (sections key by key; lists, values and the mappings named in
-    ``whole`` replace), so a variant names only what differs from the config it builds on."""
+def read_yaml(path: Path, cls: type, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping for dataclass ``cls``; a top-level ``base: FILE`` (relative to this
+    file) is read first and this file's keys are merged over it (`merged`), so a variant names only
+    what differs from the config it builds on."""
     if path.is_dir():
         raise ConfigError(f"--config {path}: is a folder; expected a YAML file (configs/default.yaml)")
     if not path.is_file():
@@ -68,15 +69,23 @@ def read_yaml(path: Path, whole: frozenset[str] = frozenset(), seen: tuple[Path,
     base = path.parent / str(raw.pop("base"))
     if base.resolve() in seen:
         raise ConfigError(f"{path}: base {base} includes itself")
-    return merged(read_yaml(base, whole, (*seen, path.resolve())), raw, whole)
+    return merged(read_yaml(base, cls, (*seen, path.resolve())), raw, cls)
 
 
-def merged(base: dict[str, Any], over: dict[str, Any], whole: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """``over`` on ``base``: sections key by key, anything else (and a key in ``whole``) replaced."""
-    out = dict(base)
+def merged(base: dict[str, Any], over: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``over`` on ``base``, for dataclass ``cls``: a section (a dataclass-typed field) merges key by
+    key; anything else replaces, a mapping-valued setting such as ``loss`` included (so
+    ``loss: {mse: 1.0}`` means MSE alone). Neither input is changed."""
+    out = copy.deepcopy(base)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
     for key, value in over.items():
-        both_sections = isinstance(value, dict) and isinstance(base.get(key), dict) and key not in whole
-        out[key] = merged(base[key], value, whole) if both_sections else value
+        hint = hints.get(key) if key in names else None
+        if hint is not None and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            section = out.get(key)
+            out[key] = merged(section if isinstance(section, dict) else {}, value, hint)
+        else:
+            out[key] = copy.deepcopy(value)  # an unknown key too: the builder names it
     return out
 
 

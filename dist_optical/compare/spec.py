@@ -10,16 +10,14 @@ is an error that names the spec entry and the key.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dist_optical.config import Config, ConfigError, build, repo_path, validate
+from dist_optical.config import Config, ConfigError, repo_path, validate
+from dist_optical.typed_yaml import build, merged
 
 # The objective that trains nothing: the teacher itself encodes the foreign queries.
 ZERO_SHOT = None
@@ -78,25 +76,10 @@ class Spec:
         base_path = repo_path(self.base)
         raw = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
         for layer in layers:
-            raw = merge(raw, layer)
+            raw = merged(raw, layer, Config)
         cfg = build(Config, raw, f"{self.path} ({where})")
         validate(cfg, f"{self.path} ({where})")
         return cfg
-
-
-def merge(raw: dict[str, Any], override: dict[str, Any], cls: type = Config) -> dict[str, Any]:
-    """``raw`` updated by ``override``: config sections (dataclasses) merge, other values replace."""
-    out = copy.deepcopy(raw)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in override.items():
-        hint = hints.get(key) if key in names else None
-        if hint is not None and dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            section = out.get(key)
-            out[key] = merge(section if isinstance(section, dict) else {}, value, hint)
-        else:
-            out[key] = copy.deepcopy(value)  # an unknown key too: the builder names it
-    return out
 
 
 def load_spec(path: str | Path) -> Spec:
