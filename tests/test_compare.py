@@ -340,6 +340,19 @@ def test_overrides_merge_sections_and_replace_the_loss(tmp_path):
     assert spec.run_config(keys[2]).loss == {"contrastive": 1.0}
 
 
+def test_a_spec_may_build_on_a_config_that_has_a_base(tmp_path):
+    # configs/full.yaml names only what differs from default.yaml (`base: default.yaml`): a spec on
+    # it gets the same config as `dist-optical run --config configs/full.yaml`.
+    spec = load_spec(write_spec(tmp_path, SPEC.replace("base: configs/tiny.yaml", "base: configs/full.yaml")))
+    full = load_config(REPO_ROOT / "configs" / "full.yaml")
+    zero_shot = spec.language_config("swh")
+    what_full_sets = ("micro_batch_size", "save_every", "grad_accum", "lr")
+    assert [getattr(zero_shot.train, name) for name in what_full_sets] == [
+        getattr(full.train, name) for name in what_full_sets
+    ]
+    assert zero_shot.train.max_steps == 4  # and the spec's overrides on top
+
+
 def test_a_grid_run_in_pieces_has_every_objective_of_seed_0_first():
     spec, keys, _ = checked_plan(REPO_ROOT / "configs" / "compare.yaml")
     zero_shot = [k for k in keys if not k.trains]

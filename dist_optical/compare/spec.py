@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from dist_optical.config import Config, ConfigError, repo_path, validate
-from dist_optical.typed_yaml import build, merged
+from dist_optical.typed_yaml import build, merged, read_yaml
 
 # The objective that trains nothing: the teacher itself encodes the foreign queries.
 ZERO_SHOT = None
@@ -73,8 +73,7 @@ class Spec:
         return self._build(layers, f"objectives.{key.objective} for {key.language}")
 
     def _build(self, layers: list[dict[str, Any]], where: str) -> Config:
-        base_path = repo_path(self.base)
-        raw = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(repo_path(self.base), Config)  # the base's own `base:` chain included
         for layer in layers:
             raw = merged(raw, layer, Config)
         cfg = build(Config, raw, f"{self.path} ({where})")
