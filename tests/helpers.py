@@ -4,6 +4,8 @@ tiny 2-rank job under each launcher and compare it bit for bit."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -102,3 +104,29 @@ def assert_same_run(out: Path, reference: Path) -> None:
     got, want = read_metrics(out), read_metrics(reference)
     assert [m["step"] for m in got] == list(range(1, len(want) + 1))
     assert [m["loss"] for m in got] == [m["loss"] for m in want]
+
+
+SWAHILI = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "tatoeba.swh-eng.swh"
+ENGLISH = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "tatoeba.swh-eng.eng"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (lock files, the tool's transient state, left out)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "locks" not in p.parts and not p.name.endswith(".lock")
+    }
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Failed, said why in the named terms, and showed no traceback."""
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr[-2000:])
+
+
+def enospc(*args, **kwargs):
+    """Stands in for a write on a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device", "/the/disk/file")

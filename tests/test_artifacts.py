@@ -1,5 +1,5 @@
 """artifacts.build_once's key (a stale build replaced, only its own files deleted) and adopt (a folder
-from before markers marked in place); damage, waiting and full disks: tests/faults/test_faults.py."""
+from before markers marked in place); damage, waiting and full disks: tests/faults/test_write_faults.py."""
 
 from __future__ import annotations
 
