@@ -11,7 +11,7 @@ import sys
 import pytest
 from helpers import cli_env
 
-from dist_optical.compare.report import fmt
+from dist_optical.compare.report import fixed_line, fmt
 from dist_optical.compare.runner import check_split, checked_plan
 from dist_optical.compare.spec import headline, load_spec, plan, row_name
 from dist_optical.config import REPO_ROOT, ConfigError, load_config
@@ -353,14 +353,32 @@ def test_a_spec_may_build_on_a_config_that_has_a_base(tmp_path):
     assert zero_shot.train.max_steps == 4  # and the spec's overrides on top
 
 
+def test_a_grid_added_later_runs_last_and_the_report_says_so(tmp_path):
+    mse = "  infonce: {loss: {contrastive: 1.0}}\n  mse: {loss: {mse: 1.0}}\n"
+    late = SPEC.replace("  infonce: {loss: {contrastive: 1.0}}\n", mse)
+    late += "  later: {languages: [swh], objectives: [infonce, mse], seeds: [0], added_later: after 2 runs}\n"
+    spec = load_spec(write_spec(tmp_path, late))
+    assert [k.folder() for k in plan(spec)][-1] == "swh/mse/pairs-all/seed0"  # after seed 1 of the fixed grid
+    line = fixed_line(spec, "spec.yaml")
+    assert (
+        "except what was added after results were seen: grid `later` (objectives mse: after 2 runs)" in line
+    )
+    assert "except" not in fixed_line(load_spec(write_spec(tmp_path, SPEC)), "spec.yaml")
+
+
 def test_a_grid_run_in_pieces_has_every_objective_of_seed_0_first():
     spec, keys, _ = checked_plan(REPO_ROOT / "configs" / "compare.yaml")
-    zero_shot = [k for k in keys if not k.trains]
-    assert keys[: len(zero_shot)] == zero_shot
-    seeds = [k.seed for k in keys[len(zero_shot) :]]
+    late = {o for grid in spec.grids.values() if grid.added_later for o in grid.objectives} - {
+        o for grid in spec.grids.values() if not grid.added_later for o in grid.objectives
+    }
+    fixed = [k for k in keys if k.objective not in late]
+    assert keys[: len(fixed)] == fixed  # a grid added later runs after all of them
+    zero_shot = [k for k in fixed if not k.trains]
+    assert fixed[: len(zero_shot)] == zero_shot
+    seeds = [k.seed for k in fixed[len(zero_shot) :]]
     assert seeds == sorted(seeds)
-    first = {(k.language, k.objective) for k in keys if k.seed == 0}
-    assert first == {(k.language, k.objective) for k in keys if k.trains}
+    first = {(k.language, k.objective) for k in fixed if k.seed == 0}
+    assert first == {(k.language, k.objective) for k in fixed if k.trains}
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_optical.compare.plots import plot_curves, plot_grid, plot_headline
-from dist_optical.compare.spec import DIRECTION, PROTOCOL, Spec, headline, row_name
+from dist_optical.compare.spec import DIRECTION, PROTOCOL, Spec, added_later, headline, row_name
 from dist_optical.compare.verdicts import answer, significance_lines, verdict_lines
 from dist_optical.files import atomic_write
 
@@ -110,6 +110,21 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
     return [report, *plots, *extra]
 
 
+def fixed_line(spec: Spec, spec_name: str) -> str:
+    """What was fixed before the first run, and any grid added after results were seen."""
+    fixed = {o for grid in spec.grids.values() if not grid.added_later for o in grid.objectives}
+    later = []
+    for name, note in added_later(spec).items():
+        new = ", ".join(o for o in spec.grids[name].objectives if o not in fixed)
+        later.append(f"grid `{name}` (objectives {new}: {note})")
+    return (
+        f"- Fixed before the first run: every setting of `{spec_name}` (budget, objectives, seeds, eval sets)"
+        + (f", except what was added after results were seen: {'; '.join(later)}" if later else "")
+        + ". A run is keyed by its config's hash: a setting changed later moves that run aside and runs it "
+        "again; it is never mixed with runs of the old setting."
+    )
+
+
 def _header(results: dict[str, Any], spec: Spec) -> list[str]:
     loads = sorted(r["load_average"] for r in results["runs"] if "load_average" in r)
     load_text = (
@@ -140,9 +155,7 @@ def _header(results: dict[str, Any], spec: Spec) -> list[str]:
         f"{model.get('max_length')}.",
         f"- Training: {train.get('max_steps')} steps of {train.get('micro_batch_size')} pairs, lr "
         f"{train.get('lr')}, warmup {train.get('warmup_steps')}, {train.get('deepspeed')}.",
-        f"- Fixed before the first run: every setting of `{results['spec']}` (budget, objectives, seeds, "
-        "eval sets). A run is keyed by its config's hash: a setting changed later moves that run aside "
-        "and runs it again; it is never mixed with runs of the old setting.",
+        fixed_line(spec, results["spec"]),
         "- Objectives (overrides of the base config):",
         "",
         "| objective | overrides |",

@@ -31,6 +31,9 @@ class Grid:
     seeds: list[int] = field(default_factory=lambda: [0])
     # data.max_pairs budgets for the low-resource curve (0 = every training pair).
     pairs: list[int] = field(default_factory=lambda: [0])
+    # When and why the grid was added after results were seen ("" = fixed before the first run): the
+    # report says so, and its runs come after every run fixed before.
+    added_later: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,20 +134,27 @@ def load_spec(path: str | Path) -> Spec:
 def plan(spec: Spec) -> list[RunKey]:
     """Every distinct run of every grid, zero-shot first, then seed by seed (each seed: language by
     language, in the spec's objective order): a grid run in pieces has every objective of seed 0
-    before any second seed. A run named by two grids is planned (and trained) once."""
-    keys: dict[RunKey, None] = {}
+    before any second seed. A run named by two grids is planned (and trained) once. Runs only a grid
+    ``added_later`` names come last: an afterthought never delays what was fixed before."""
+    keys: dict[RunKey, bool] = {}  # run -> named only by grids added later
     for language in spec.languages:
         for grid in spec.grids.values():
             if language not in grid.languages:
                 continue
             for objective in grid.objectives:
                 if spec.objectives[objective] is ZERO_SHOT:
-                    keys[RunKey(language, objective, 0, -1)] = None
-                    continue
-                for pairs in grid.pairs:
-                    for seed in grid.seeds:
-                        keys[RunKey(language, objective, pairs, seed)] = None
-    return sorted(keys, key=lambda k: (k.trains, k.seed, list(spec.languages).index(k.language)))
+                    runs = [RunKey(language, objective, 0, -1)]
+                else:
+                    runs = [RunKey(language, objective, n, seed) for n in grid.pairs for seed in grid.seeds]
+                for key in runs:
+                    keys[key] = keys.get(key, True) and bool(grid.added_later)
+    languages = list(spec.languages)
+    return sorted(keys, key=lambda k: (keys[k], k.trains, k.seed, languages.index(k.language)))
+
+
+def added_later(spec: Spec) -> dict[str, str]:
+    """The grids added after results were seen, each with its note."""
+    return {name: grid.added_later for name, grid in spec.grids.items() if grid.added_later}
 
 
 def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
