@@ -105,8 +105,8 @@ def test_the_power_estimate_on_a_known_binomial_case():
 
 
 def test_the_opening_paragraph_is_three_sentences_read_off_the_verdicts():
-    """Synthetic verdicts with known kinds: the tallies count them, each better/worse eval set is
-    named once per objective with its views and range, objectives in their spec order."""
+    """Synthetic verdicts with known kinds: the tallies count them; each objective that is better
+    (worse) somewhere is named once, with its range and its cells per language, in spec order."""
     from dist_optical.compare.verdicts import answer
 
     def judged(diff: float, low: float, high: float) -> dict:
@@ -131,18 +131,18 @@ def test_the_opening_paragraph_is_three_sentences_read_off_the_verdicts():
                 "ot": dict(zip(views, ot, strict=True)),
             },
             "rev": {"ot_nce": {views[0]: judged(6.0, 2.0, 10.0)}},
-        }
+        },
+        "ewe": {"news": {"ot_nce": {views[1]: judged(2.0, 0.5, 3.5)}}},
     }
     (paragraph, blank) = answer(verdicts)
     assert blank == ""
     counts, better, worse = paragraph.split(". ")
-    assert "`ot_nce` is better in 3, worse in 0, equivalent within ±1.5 in 1 and undecided in 1" in counts
-    assert "`ot` is better in 1, worse in 2, equivalent within ±1.5 in 0 and undecided in 1" in counts
-    # each objective named once, its eval sets after it, in the order the verdicts list them
-    ot_nce_sets = "`ot_nce` on wol news 2 (+3.0 to +50.0), wol rev 1 (+6.0)"
-    assert better.endswith(f": {ot_nce_sets}; `ot` on wol news 1 (+4.0)")
-    assert worse.startswith("Worse than InfoNCE")
-    assert worse.endswith(": `ot` on wol news 2 (-2.0 to -9.0).")
+    # per objective, in spec order: better / worse / equivalent within ±1.5 / undecided
+    assert counts.endswith("undecided: `ot_nce` 4 / 0 / 1 / 1, `ot` 1 / 2 / 0 / 1")
+    # by how much (the smaller difference first) and in which languages, each objective named once
+    ot_nce_better = "`ot_nce` by +2.0 to +50.0 points (cells: wol 3, ewe 1)"
+    assert better == f"Better than InfoNCE: {ot_nce_better}; `ot` by +4.0 points (cells: wol 1)"
+    assert worse == "Worse than InfoNCE: `ot` by -2.0 to -9.0 points (cells: wol 2)."
     assert answer({}) == []
     only_better = {"wol": {"news": {"ot_nce": dict(zip(views[:1], ot_nce[:1], strict=True))}}}
     assert answer(only_better)[0].endswith("No objective is worse than InfoNCE in any cell.")

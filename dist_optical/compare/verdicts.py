@@ -150,50 +150,44 @@ def _bold_kind(decided: dict[str, Any]) -> str:
 
 def answer(judged: dict[str, Any]) -> list[str]:
     """The report's opening paragraph, three sentences read off the verdicts only: per objective,
-    how many cells fall each way; then each eval set where an objective is better (in how many of
-    the views, by how much), then each where it is worse. The verdict tables hold the intervals."""
+    how many cells fall each way; then by how much and in which languages it is better, then worse.
+    The verdict tables below it hold each cell with its interval."""
     counts: dict[str, dict[str, int]] = {}
-    # kind -> objective -> (language, eval set) -> the differences of its views of that kind
-    found: dict[str, dict[str, dict[tuple[str, str], list[float]]]] = {"better": {}, "worse": {}}
+    # kind -> objective -> language -> the differences of its cells of that kind
+    found: dict[str, dict[str, dict[str, list[float]]]] = {"better": {}, "worse": {}}
     for language, sets in judged.items():
-        for name, objectives in sets.items():
+        for objectives in sets.values():
             for objective, views in objectives.items():
                 tally = counts.setdefault(objective, dict.fromkeys(VERDICT_KINDS, 0))
                 for decided in views.values():
                     kind = decided["kind"]
                     tally[kind] += 1
                     if kind in found:
-                        places = found[kind].setdefault(objective, {})
-                        places.setdefault((language, name), []).append(decided["diff"])
+                        found[kind].setdefault(objective, {}).setdefault(language, []).append(decided["diff"])
     if not counts:
         return []
-    tallies = "; ".join(
-        f"`{o}` is better in {t['better']}, worse in {t['worse']}, equivalent within ±{MARGIN:g} in "
-        f"{t['equivalent']} and undecided in {t['undecided']}"
-        for o, t in counts.items()
-    )
     cells = max(sum(tally.values()) for tally in counts.values())
     first = (
-        f"Against InfoNCE, over up to {cells} cells each (language x set x direction x protocol, "
-        f"paired-bootstrap 95% intervals): {tallies}."
+        f"Against InfoNCE, over up to {cells} cells each (language x eval set x direction x protocol; "
+        f"paired-bootstrap 95% intervals), better / worse / equivalent within ±{MARGIN:g} / undecided: "
+        + ", ".join(f"`{o}` " + " / ".join(str(t[kind]) for kind in VERDICT_KINDS) for o, t in counts.items())
+        + "."
     )
     rest = []
     for kind, by_objective in found.items():
-        clauses = [
-            f"`{o}` on " + ", ".join(_place(*where, diffs) for where, diffs in by_objective[o].items())
-            for o in counts  # the objectives in their order, each named once
-            if o in by_objective
-        ]
+        clauses = [_by_how_much(o, by_objective[o]) for o in counts if o in by_objective]
         rest.append(
-            f"{kind.capitalize()} than InfoNCE (in how many of the {len(VIEWS)} views, the differences "
-            "in points): " + "; ".join(clauses) + "."
+            f"{kind.capitalize()} than InfoNCE: " + "; ".join(clauses) + "."
             if clauses
             else f"No objective is {kind} than InfoNCE in any cell."
         )
     return [" ".join([first, *rest]), ""]
 
 
-def _place(language: str, name: str, diffs: list[float]) -> str:
+def _by_how_much(objective: str, by_language: dict[str, list[float]]) -> str:
+    """`ot` by -3.6 to -28.3 points (cells: wol 8, ewe 9): the smaller difference first."""
+    diffs = [d for language_diffs in by_language.values() for d in language_diffs]
     low, high = sorted((min(diffs), max(diffs)), key=abs)
     spread = f"{low:+.1f}" if len(diffs) == 1 else f"{low:+.1f} to {high:+.1f}"
-    return f"{language} {name} {len(diffs)} ({spread})"
+    where = ", ".join(f"{language} {len(d)}" for language, d in by_language.items())
+    return f"`{objective}` by {spread} points (cells: {where})"
