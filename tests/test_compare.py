@@ -11,6 +11,7 @@ import sys
 import pytest
 from helpers import cli_env
 
+from dist_optical.compare.plots import headline_panels
 from dist_optical.compare.report import fixed_line, fmt
 from dist_optical.compare.runner import check_split, checked_plan
 from dist_optical.compare.spec import headline, load_spec, plan, row_name
@@ -164,6 +165,7 @@ def test_intervals_come_from_the_runs_per_query_ranks(compared):
             assert run["curve"]["pairs"] == pairs_seen and len(run["curve"]["acc@1"]["rev-swh"]) == len(steps)
             assert run["curve"]["train_s"] == sorted(run["curve"]["train_s"]) and run["step_s"] > 0
     assert (out / "curves.png").stat().st_size > 0 and (out / "headline.png").stat().st_size > 0
+    assert headline_panels(results, load_spec(compared[0])) == [("swh", "tatoeba-swh")]  # rev-swh: dev curve
 
 
 def test_learning_curves_start_at_the_zero_shot_row(compared):

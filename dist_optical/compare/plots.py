@@ -31,7 +31,7 @@ def _panels(plt, count: int):
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a figure legend above the panels included
     plt.close(fig)
     return path
 
@@ -89,24 +89,48 @@ def headline_tests(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any
     }
 
 
+# The two bars of each objective in headline.png: both ends of a search through the teacher's index.
+HEADLINE_VIEWS = {
+    "src->tgt": "foreign queries -> teacher's pivot index",
+    "tgt->src": "pivot queries (teacher) -> student's documents",
+}
+
+
+def headline_panels(results: dict[str, Any], spec: Spec) -> list[tuple[str, str]]:
+    """(language, eval set) of every judged set: the dev curves' sets are not judged."""
+    return [
+        (language, name)
+        for language in spec.languages
+        for name in results.get("significance", {}).get(language, {})
+        if name not in spec.language_config(language).train.dev_sets
+    ]
+
+
 def plot_headline(results: dict[str, Any], spec: Spec, out: Path) -> Path | None:
-    """headline.png: acc@1 per objective (foreign queries against the teacher's index), a panel per
-    (language, eval set), whiskers = the 95% bootstrap interval over queries (seeds pooled)."""
-    tests = headline_tests(results)
-    panels = [(lang, s) for lang in spec.languages if lang in tests for s in tests[lang]]
+    """headline.png: acc@1 per objective through the teacher's index, in both directions (foreign
+    queries against the teacher's pivot index; pivot queries by the teacher against the student's
+    documents), a panel per (language, judged eval set: the dev curves' sets left out), whiskers =
+    the 95% bootstrap interval over queries (seeds pooled)."""
+    significance, panels = results.get("significance", {}), headline_panels(results, spec)
     if not panels:
         return None
     plt = _pyplot()
     fig, axes = _panels(plt, len(panels))
-    for ax, (language, s) in zip(axes, panels, strict=True):
-        entries = tests[language][s]
-        names = list(entries)
-        acc = [entries[o]["acc"] for o in names]
-        whiskers = [[a["diff"] - a["low"] for a in acc], [a["high"] - a["diff"] for a in acc]]
-        ax.bar(range(len(names)), [a["diff"] for a in acc], yerr=whiskers, capsize=3)
+    width = 0.4
+    for ax, (language, name) in zip(axes, panels, strict=True):
+        views = significance[language][name][PROTOCOL]
+        names = list(dict.fromkeys(o for direction in HEADLINE_VIEWS for o in views.get(direction, {})))
+        for shift, (direction, label) in zip((-width / 2, width / 2), HEADLINE_VIEWS.items(), strict=True):
+            acc = [views.get(direction, {}).get(o, {}).get("acc") for o in names]
+            at = [i + shift for i, a in enumerate(acc) if a]
+            acc = [a for a in acc if a]
+            whiskers = [[a["diff"] - a["low"] for a in acc], [a["high"] - a["diff"] for a in acc]]
+            ax.bar(at, [a["diff"] for a in acc], width, yerr=whiskers, capsize=2, label=label)
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-        ax.set_title(f"{language} / {s}", fontsize=9)
+        ax.set_title(f"{language} / {name}", fontsize=9)
         ax.set_ylabel("acc@1 % (95% interval)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=9)
     return _save(plt, fig, out / "headline.png")
 
 

@@ -3,7 +3,8 @@ statistics and verdicts: compare/verdicts.py).
 
 Every number in report.md is read from the summary that results.json also holds (rounded to one
 decimal), so the two cannot disagree. The headline metric of a set is acc@1 (parallel and bible
-sets: the XTREME/LASER metric) or nDCG@10 (clir), foreign queries -> English targets.
+sets: the XTREME/LASER metric) or nDCG@10 (clir), foreign queries -> pivot (English or French)
+targets through the teacher's index.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
         lines += [f"## Grid `{name}`", ""]
         lines += [
             f"Seeds {grid.seeds}; training-pair budgets {[p or 'all' for p in grid.pairs]}. Cells: "
-            f"{DIRECTION} (foreign query -> English target) headline metric, %, mean ± sample std over "
-            "the n seeds; the best mean per column in bold.",
+            f"{DIRECTION} (foreign query -> pivot target, through the teacher's index) headline metric, "
+            "%, mean ± sample std over the n seeds; the best mean per column in bold.",
             "",
         ]
         for language in (lang for lang in spec.languages if lang in grid.languages and lang in summary):
