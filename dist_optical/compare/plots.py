@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 from dist_optical.compare.spec import DIRECTION, PROTOCOL, Spec, headline, row_name
+from dist_optical.files import atomic_write
 
 
 def _pyplot():
@@ -30,9 +32,12 @@ def _panels(plt, count: int):
 
 
 def _save(plt, fig, path: Path) -> Path:
+    """The figure as a PNG, written atomically: a stopped report never leaves half a plot."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # a figure legend above the panels included
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, bbox_inches="tight")  # a figure legend above included
     plt.close(fig)
+    atomic_write(path, png.getvalue(), "a compare plot")
     return path
 
 
