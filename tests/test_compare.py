@@ -245,6 +245,35 @@ def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_tim
         assert [run["results"] for run in republished["runs"]] == [run["results"] for run in kept]
 
 
+def test_a_grid_that_dies_midway_has_published_every_run_it_finished(compared, tmp_path, monkeypatch):
+    """The report is rewritten after every run: here the last run fails (a machine taken back), and
+    the published folder already holds the four runs before it."""
+    from dist_optical.compare import runner
+    from dist_optical.files import write_json
+
+    spec, inline = compared
+    made = {run["folder"]: run for run in json.loads((inline / "results.json").read_text())["runs"]}
+
+    def run_one(key, cfg, run_dir, evaluator, keep_models, stop=None):  # the runs' records, no training
+        if key.folder() == "swh/infonce/pairs-all/seed1":
+            raise RuntimeError("the machine was taken back")
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "result.json", made[key.folder()])
+        return made[key.folder()], False
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    with pytest.raises(RuntimeError, match="taken back"):
+        runner.run_compare(spec, tmp_path / "out", publish=tmp_path / "published")
+    published = json.loads((tmp_path / "published" / "results.json").read_text())
+    assert [run["folder"] for run in published["runs"]] == [
+        f for f in made if f != "swh/infonce/pairs-all/seed1"
+    ]
+    assert published["runs_missing"] == ["swh/infonce/pairs-all/seed1"]
+    assert (
+        "**Partial: 4 of 5 planned runs are finished.**" in (tmp_path / "published" / "report.md").read_text()
+    )
+
+
 def test_a_cluster_submits_no_published_run(compared, tmp_path):
     """--cluster with the --publish folder of a finished grid: its runs count as finished there too,
     so nothing is submitted (not trained again) and the report is written."""

@@ -69,6 +69,8 @@ def run_compare(
 ) -> dict[str, Any]:
     """Run (or skip) every planned run, then write results.json, report.md and the plots.
 
+    The report (and its published copy) is rewritten after every run this invocation finishes, so
+    a grid stopped any way (a killed job, a machine taken back) has every finished run reported.
     ``stop_after_s`` (0 = never): start no run after that many seconds, and report over the finished
     ones (the report names the missing runs); the next invocation continues. ``reuse``: a published
     results.json whose runs count as finished where their config is unchanged (a grid carried to
@@ -80,7 +82,48 @@ def run_compare(
     if reuse is not None:
         import_records(reuse, out, keys, configs)
 
-    records, skipped, missing = [], 0, []
+    def report(skipped: int) -> dict[str, Any]:
+        """results.json, report.md and the plots over every finished run (the rest: missing)."""
+        finished = {key: _finished(out / "runs" / key.folder(), config_hash(configs[key])) for key in keys}
+        records = [record for record in finished.values() if record is not None]
+        results = {
+            # Relative to the repository when inside it: the published report names no machine's folders.
+            "spec": spec.path.relative_to(REPO_ROOT).as_posix()
+            if spec.path.is_relative_to(REPO_ROOT)
+            else str(spec.path),
+            # What made this invocation (a grid run in pieces has one per piece; the report shows the last).
+            "command": shlex.join(["dist-optical", *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "wall_s": time.time() - started,
+            # Summed over runs as each was measured when it ran (also when this invocation reused it).
+            "runs_wall_s": sum(r.get("train_wall_s", 0.0) + r["eval_wall_s"] for r in records),
+            "runs_total": len(records),
+            "runs_skipped": skipped,
+            "runs_planned": len(keys),
+            "runs_missing": [key.folder() for key, record in finished.items() if record is None],
+            "cpus": os.cpu_count(),
+            "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+            "grids": {name: vars(grid) for name, grid in spec.grids.items()},
+            "settings": run_settings(
+                next(configs[k] for k in keys if k.trains) if any(k.trains for k in keys) else None
+            ),
+            "splits": splits,
+            "runs": records,
+            "summary": summarise(records),
+            "significance": significance(records, spec),
+        }
+        results["verdicts"] = verdicts(results, spec)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "results.json", results, "the comparison's results")
+        files = write_report(results, spec, out)
+        if publish is not None:
+            publish.mkdir(parents=True, exist_ok=True)
+            for path in [out / "results.json", *files]:
+                atomic_write(publish / path.name, path.read_bytes(), "the published comparison")
+            log.info("published %s to %s", ", ".join(p.name for p in files), publish)
+        return results
+
+    skipped = 0
     # One language's teacher and eval sets in memory at a time (its targets are cached on disk).
     evaluators = {language: _LazyEvaluator(spec.language_config(language)) for language in languages}
     for position, key in enumerate(keys, 1):
@@ -90,52 +133,26 @@ def run_compare(
         run_dir = out / "runs" / key.folder()
         late = stop_after_s and time.time() - started > stop_after_s
         if late and _finished(run_dir, config_hash(configs[key])) is None:
-            missing.append(key.folder())
             log.info("[%d/%d] not started (past --stop-after) %s", position, len(keys), key.folder())
             continue
-        record, was_skipped = run_one(key, configs[key], run_dir, evaluators[key.language], spec.keep_models)
+        _, was_skipped = run_one(key, configs[key], run_dir, evaluators[key.language], spec.keep_models)
         skipped += was_skipped
-        records.append(record)
-        done = "skipped (finished)" if was_skipped else "done"
-        log.info("[%d/%d] %s %s", position, len(keys), done, key.folder())
-
-    results = {
-        # Relative to the repository when inside it: the published report names no machine's folders.
-        "spec": spec.path.relative_to(REPO_ROOT).as_posix()
-        if spec.path.is_relative_to(REPO_ROOT)
-        else str(spec.path),
-        # What made this invocation (a grid run in pieces has one per piece; the report shows the last).
-        "command": shlex.join(["dist-optical", *sys.argv[1:]]),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "wall_s": time.time() - started,
-        # Summed over runs as each was measured when it ran (also when this invocation reused it).
-        "runs_wall_s": sum(r.get("train_wall_s", 0.0) + r["eval_wall_s"] for r in records),
-        "runs_total": len(records),
-        "runs_skipped": skipped,
-        "runs_planned": len(keys),
-        "runs_missing": missing,
-        "cpus": os.cpu_count(),
-        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
-        "grids": {name: vars(grid) for name, grid in spec.grids.items()},
-        "settings": run_settings(
-            next(configs[k] for k in keys if k.trains) if any(k.trains for k in keys) else None
-        ),
-        "splits": splits,
-        "runs": records,
-        "summary": summarise(records),
-        "significance": significance(records, spec),
-    }
-    results["verdicts"] = verdicts(results, spec)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results, "the comparison's results")
-    files = write_report(results, spec, out)
-    if publish is not None:
-        publish.mkdir(parents=True, exist_ok=True)
-        for path in [out / "results.json", *files]:
-            atomic_write(publish / path.name, path.read_bytes(), "the published comparison")
-        log.info("published %s to %s", ", ".join(p.name for p in files), publish)
+        log.info(
+            "[%d/%d] %s %s",
+            position,
+            len(keys),
+            "skipped (finished)" if was_skipped else "done",
+            key.folder(),
+        )
+        if not was_skipped and position < len(keys):
+            report(skipped)
+    results = report(skipped)
     log.info(
-        "compare: %d runs (%d skipped) in %.1f min -> %s", len(records), skipped, results["wall_s"] / 60, out
+        "compare: %d runs (%d skipped) in %.1f min -> %s",
+        results["runs_total"],
+        skipped,
+        results["wall_s"] / 60,
+        out,
     )
     return results
 
