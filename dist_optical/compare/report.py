@@ -113,11 +113,10 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
 
 def fixed_line(spec: Spec, spec_name: str) -> str:
     """What was fixed before the first run, and any grid added after results were seen."""
-    fixed = {o for grid in spec.grids.values() if not grid.added_later for o in grid.objectives}
-    later = []
-    for name, note in added_later(spec).items():
-        new = ", ".join(o for o in spec.grids[name].objectives if o not in fixed)
-        later.append(f"grid `{name}` (objectives {new}: {note})")
+    later = [
+        f"grid `{name}` (objectives {', '.join(objectives)}: {note})"
+        for name, (note, objectives) in added_later(spec).items()
+    ]
     return (
         f"- Fixed before the first run: every setting of `{spec_name}` (budget, objectives, seeds, eval sets)"
         + (f", except what was added after results were seen: {'; '.join(later)}" if later else "")

@@ -152,9 +152,15 @@ def plan(spec: Spec) -> list[RunKey]:
     return sorted(keys, key=lambda k: (keys[k], k.trains, k.seed, languages.index(k.language)))
 
 
-def added_later(spec: Spec) -> dict[str, str]:
-    """The grids added after results were seen, each with its note."""
-    return {name: grid.added_later for name, grid in spec.grids.items() if grid.added_later}
+def added_later(spec: Spec) -> dict[str, tuple[str, list[str]]]:
+    """The grids added after results were seen: name -> (its note, the objectives no grid fixed
+    before the first run names)."""
+    fixed = {o for grid in spec.grids.values() if not grid.added_later for o in grid.objectives}
+    return {
+        name: (grid.added_later, [o for o in grid.objectives if o not in fixed])
+        for name, grid in spec.grids.items()
+        if grid.added_later
+    }
 
 
 def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
