@@ -131,14 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from packages or folders, never a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    # compare has no --resume: the same command skips the finished runs and resumes the stopped one.
+    how_to_resume = "run the same command again" if args.command == "compare" else "resume with --resume auto"
     try:
         COMMANDS[args.command](args)
     except Preempted as stop:  # a signal: checkpointed, resumable
-        print(f"dist-optical {args.command}: {stop}; resume with --resume auto", file=sys.stderr)
+        print(f"dist-optical {args.command}: {stop}; {how_to_resume}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
     except FloatingPointError as err:  # the loss went NaN/inf: a stop of its own, not a crash
         print(f"dist-optical {args.command}: stopped: {err}; the last complete checkpoint is kept "
-              "(resume with --resume auto, e.g. with a lower train.lr)", file=sys.stderr)  # fmt: skip
+              f"({how_to_resume}, e.g. with a lower train.lr)", file=sys.stderr)  # fmt: skip
         sys.exit(NON_FINITE_EXIT_CODE)
     except UserError as err:  # only the project's own errors: anything else is a bug, with its traceback
         sys.exit(f"dist-optical {args.command}: error: {err}")

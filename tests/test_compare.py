@@ -1,16 +1,17 @@
 """`dist-optical compare` on the tiny model: the report agrees with results.json, finished runs are
-never retrained, an interrupted grid continues, and the by-book split is checked on the keys
-(the spec itself: test_compare_spec.py)."""
+never retrained, an interrupted grid continues (a stopped run from its checkpoint), and the by-book
+split is checked on the keys (the spec itself: test_compare_spec.py)."""
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
-from helpers import cli_env
+from helpers import cli_env, read_metrics, resumed_steps, wait_for_steps
 from test_compare_spec import SPEC
 
 from dist_optical.compare.plots import headline_panels
@@ -253,6 +254,34 @@ def test_a_grid_that_dies_midway_has_published_every_run_it_finished(compared, t
     assert (
         "**Partial: 4 of 5 planned runs are finished.**" in (tmp_path / "published" / "report.md").read_text()
     )
+
+
+def test_a_signal_checkpoints_the_run_in_training_and_the_same_command_resumes_it(tmp_path):
+    """SIGTERM (a session or a job ending; Ctrl-C alike) while a run trains: it checkpoints at the
+    step boundary, compare exits 75 saying how to continue, and the same command resumes that run
+    from its checkpoint (not from step 0), each step once."""
+    spec = tmp_path / "spec.yaml"
+    longer = SPEC.replace("max_steps: 4, log_every: 2", "max_steps: 120, log_every: 1")
+    one_run = longer.replace("[zero-shot, ot, infonce], seeds: [0, 1]", "[zero-shot, infonce], seeds: [0]")
+    spec.write_text(one_run, encoding="utf-8")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dist_optical", "compare", "--config", str(spec), "--out", str(out)]
+    proc = subprocess.Popen(command, env=cli_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    run_dir = out / "runs" / "swh" / "infonce" / "pairs-all" / "seed0"
+    wait_for_steps(run_dir, 3, timeout=300, alive=lambda: proc.poll() is None)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "checkpointed at step" in stderr and "run the same command again" in stderr
+    stopped_at = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
+    assert 3 <= stopped_at < 120 and not (run_dir / "result.json").exists()
+
+    resumed = compare(spec, out)
+    assert resumed_steps(resumed.stderr) == [stopped_at]
+    assert "skipped (finished) swh/zero-shot" in resumed.stderr
+    assert [line["step"] for line in read_metrics(run_dir)] == list(range(1, 121))
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == 120
 
 
 def test_a_cluster_submits_no_published_run(compared, tmp_path):
