@@ -1,82 +1,27 @@
-"""ShardStream / ShardLoader: exactly once per epoch over ranks x workers, resume (also elastic), errors."""
+"""ShardStream / ShardLoader: exactly once per epoch over ranks x workers, resume (also elastic), length
+grouping, workers and signals (bad shards and samples: test_samples.py)."""
 
 import contextlib
 import json
-import logging
 import multiprocessing
 import os
-import random
 import signal
 import subprocess
 import sys
 import threading
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stream_helpers import N_PAIRS, epoch_keys, manifest_keys, take
 
 from dist_optical.config import REPO_ROOT
-from dist_optical.data import ShardLoader, ShardStream, build_shards
-from dist_optical.data.shards import read_shard
-from dist_optical.data.stream import ShardError, partition
+from dist_optical.data import ShardLoader, ShardStream
+from dist_optical.data.stream import partition
 from dist_optical.errors import UserError
-from dist_optical.files import sha256_file
-
-N_PAIRS = 203  # prime: never a multiple of world_size x batch_size
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory) -> Path:
-    """>= 7 shards of uneven size (byte target over sentences of random length)."""
-    tmp = tmp_path_factory.mktemp("bitext")
-    rng = random.Random(0)
-    rows = [f"k{i}.x\t{'s' * rng.choice([1, 1, 1, 1, 900, 4000])} {i}\tt {i}" for i in range(N_PAIRS)]
-    (tmp / "toy.tsv").write_text("\n".join(["key\tsrc\ttgt", *rows]) + "\n", encoding="utf-8")
-    build_shards(
-        [tmp / "toy.tsv"],
-        tmp / "shards",
-        "swh",
-        "eng",
-        pairs_per_shard=0,
-        max_shard_bytes=40_960,
-        max_chars=5000,
-    )
-    return tmp / "shards"
-
-
-def manifest_keys(shard_dir: Path) -> list[str]:
-    """Every key in manifest order (shard order, then tar order)."""
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
-    return [s["id.txt"].decode() for e in manifest["shards"] for s in read_shard(str(shard_dir / e["name"]))]
-
-
-def take(loader: ShardLoader, n: int) -> list[dict]:
-    return list(islice(loader, n))
-
-
-def epoch_keys(world_size: int, batch_size: int, shard_dir, workers: int = 0, state=None, select=None, **kw):
-    """Finish the current epoch on every (simulated) rank -> per-rank list of batches' keys (or of
-    ``select(batch)``)."""
-    select = select or (lambda batch: batch["key"])
-    per_rank = []
-    for rank in range(world_size):
-        loader = ShardLoader(
-            ShardStream(shard_dir, rank=rank, world_size=world_size, **kw), batch_size, num_workers=workers
-        )
-        if state is not None:
-            loader.load_state_dict(state)
-        epoch = loader.state_dict()["epoch"]
-        batches = []
-        for batch in loader:
-            if batch["epoch"] != epoch:
-                break
-            batches.append(select(batch))
-        per_rank.append(batches)
-    return per_rank
 
 
 def test_shards_are_uneven(shard_dir):
@@ -255,95 +200,6 @@ def test_url_pattern_and_pipe_without_manifest(shard_dir):
     assert epoch_keys(1, 4, pipe, workers=2) == epoch_keys(1, 4, shard_dir)
 
 
-def test_missing_shard_fails_at_construction(shard_dir, tmp_path):
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for p in shard_dir.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
-    (copy / "swh-eng-000003.tar").unlink()
-    with pytest.raises(UserError, match="swh-eng-000003.tar"):
-        ShardStream(copy / "manifest.json")
-    with pytest.raises(UserError, match="manifest"):
-        ShardStream(tmp_path)
-
-
-def _copy_with_bad_shard(shard_dir: Path, tmp_path: Path, index: int, samples: list[dict]) -> Path:
-    """A copy of the shards whose shard ``index`` holds ``samples`` (manifest entry updated to match)."""
-    copy = tmp_path / "bad"
-    copy.mkdir()
-    for p in shard_dir.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
-    manifest = json.loads((copy / "manifest.json").read_text())
-    entry = manifest["shards"][index]
-    from webdataset.writer import TarWriter
-
-    with TarWriter(str(copy / entry["name"]), encoder=False) as writer:
-        for sample in samples:
-            writer.write(sample)
-    entry["bytes"] = (copy / entry["name"]).stat().st_size
-    entry["sha256"] = sha256_file(copy / entry["name"])  # consistent: the samples themselves are bad
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
-
-
-def test_bad_samples_raise_or_skip(shard_dir, tmp_path):
-    original = list(read_shard(str(shard_dir / "swh-eng-000002.tar")))
-    samples = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"} for s in original]
-    del samples[1]["tgt.txt"]
-    samples[3]["src.txt"] = b"\xff\xfe not utf-8"
-    bad = _copy_with_bad_shard(shard_dir, tmp_path, 2, samples)
-    with pytest.raises(
-        ShardError, match=rf"swh-eng-000002.tar: sample '{original[1]['__key__']}' has no tgt.txt"
-    ):
-        epoch_keys(1, 4, bad, shuffle=False)
-    with pytest.raises(
-        ShardError, match=r"swh-eng-000002.tar: sample 'k\d+_x'.*(no tgt.txt|not valid UTF-8)"
-    ):
-        # Raised in a DataLoader worker, re-raised here. (Costs ~10 s: after a worker error, PyTorch's
-        # DataLoader shutdown waits 5 s per worker before terminating them.)
-        epoch_keys(2, 4, bad, workers=2)
-    # The workers are gone, not kept alive by the traceback (they ignore SIGTERM: exit would hang).
-    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
-    per_rank = epoch_keys(2, 4, bad, on_error="skip")
-    assert [len(b) for b in per_rank] == [N_PAIRS // 8] * 2
-    seen = [k for batches in per_rank for b in batches for k in b]
-    assert len(seen) == len(set(seen)) and {
-        original[1]["id.txt"].decode(),
-        original[3]["id.txt"].decode(),
-    }.isdisjoint(seen)
-    loader = ShardLoader(ShardStream(bad, on_error="skip", shuffle=False), 8, num_workers=2)
-    take(loader, N_PAIRS // 8)
-    assert loader.error_counts() == {"missing_field": 1, "bad_utf8": 1}
-    assert loader.state_dict()["errors"] == {"missing_field": 1, "bad_utf8": 1}
-
-
-def test_truncated_and_corrupt_tar(shard_dir, tmp_path, caplog):
-    name = "swh-eng-000004.tar"
-    pairs = json.loads((shard_dir / "manifest.json").read_text())["shards"][4]["pairs"]
-    copy = tmp_path / "trunc"
-    copy.mkdir()
-    for p in shard_dir.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
-    data = (copy / name).read_bytes()
-    (copy / name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(ShardError, match=f"{name}.*manifest says"):
-        ShardStream(copy)  # size check: caught before training starts
-    with caplog.at_level(logging.WARNING):
-        loader = ShardLoader(ShardStream(copy, on_error="skip"), 1)
-        batches = iter(loader)
-        keys = [k for b in islice(batches, N_PAIRS) for k in b["key"]]
-        errors = loader.error_counts()
-        next(batches)  # the first batch of epoch 1 closes epoch 0, which logs its skip counts
-    # The shard no longer matches its manifest sha256: none of its pairs is trusted.
-    assert errors == {"corrupt_shard": pairs}
-    assert len(keys) == len(set(keys)) == N_PAIRS - sum(errors.values())
-    assert any("skipped bad samples" in r.message for r in caplog.records)
-    # Same size, garbage in the middle: only reading reveals it; raise names the shard.
-    (copy / name).write_bytes(data[:5120] + b"\x07" * 2048 + data[7168:])
-    with pytest.raises(ShardError, match=name):
-        take(ShardLoader(ShardStream(copy), 4), N_PAIRS // 4)
-
-
 def _rank_main(shard_dir: str, rank: int, out: str) -> None:
     loader = ShardLoader(ShardStream(shard_dir, rank=rank, world_size=2), 4, num_workers=2)
     keys = [b["key"] for b in take(loader, loader.steps_per_epoch)]
@@ -365,18 +221,6 @@ def test_two_real_processes(shard_dir, tmp_path):
     assert per_rank == epoch_keys(2, 4, shard_dir)
     seen = Counter(k for batches in per_rank for b in batches for k in b)
     assert len(seen) == N_PAIRS - N_PAIRS % 8 and max(seen.values()) == 1
-
-
-def test_foreign_webdataset_shard_without_id_txt(tmp_path):
-    from webdataset.writer import TarWriter
-
-    with TarWriter(str(tmp_path / "other-000000.tar")) as writer:
-        for i in range(6):
-            writer.write({"__key__": f"s{i}", "src.txt": f"jambo {i}", "tgt.txt": f"hello {i}"})
-    (batch,) = take(
-        ShardLoader(ShardStream(str(tmp_path / "other-{000000..000000}.tar"), shuffle=False), 6), 1
-    )
-    assert batch["key"] == [f"s{i}" for i in range(6)] and batch["tgt"][5] == "hello 5"
 
 
 ABANDON = """
