@@ -276,12 +276,18 @@ def test_a_signal_checkpoints_the_run_in_training_and_the_same_command_resumes_i
     assert "checkpointed at step" in stderr and "run the same command again" in stderr
     stopped_at = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
     assert 3 <= stopped_at < 120 and not (run_dir / "result.json").exists()
+    (first_piece,) = json.loads((run_dir / "train_pieces.json").read_text())
 
     resumed = compare(spec, out)
     assert resumed_steps(resumed.stderr) == [stopped_at]
     assert "skipped (finished) swh/zero-shot" in resumed.stderr
     assert [line["step"] for line in read_metrics(run_dir)] == list(range(1, 121))
-    assert json.loads((run_dir / "result.json").read_text())["steps"] == 120
+    record = json.loads((run_dir / "result.json").read_text())
+    # The report's training minutes are both pieces' (the folder's note of them is gone).
+    assert record["steps"] == 120 and record["train_pieces_s"][0] == first_piece > 0
+    assert len(record["train_pieces_s"]) == 2 and record["train_wall_s"] == sum(record["train_pieces_s"])
+    assert not (run_dir / "train_pieces.json").exists()
+    assert "(2 pieces)" in (out / "report.md").read_text()
 
 
 def test_a_cluster_submits_no_published_run(compared, tmp_path):

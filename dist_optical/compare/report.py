@@ -206,6 +206,8 @@ def _runs(records: list[dict[str, Any]]) -> list[str]:
     ]
     for r in records:
         train = f"{r['train_wall_s'] / 60:.1f}" if "train_wall_s" in r else "-"
+        if len(r.get("train_pieces_s", [])) > 1:  # resumed after a stop: the sum of its pieces
+            train += f" ({len(r['train_pieces_s'])} pieces)"
         step = f"{r['step_s']:.2f}" if r.get("step_s") else "-"
         load = f"{r['load_average']:.1f}" if "load_average" in r else "-"
         lines.append(f"| {r['folder']} | {train} | {step} | {r['eval_wall_s'] / 60:.1f} | {load} |")

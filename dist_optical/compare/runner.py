@@ -32,12 +32,14 @@ from dist_optical.compare.spec import PROTOCOLS, RunKey, Spec, load_spec, plan
 from dist_optical.compare.verdicts import significance, verdicts
 from dist_optical.config import REPO_ROOT, Config, ConfigError, config_hash, config_to_dict
 from dist_optical.data.bitext import is_verse_id, verse_book
-from dist_optical.engine.signals import StopRequest
+from dist_optical.engine.signals import Preempted, StopRequest
 from dist_optical.files import atomic_write, write_json
 
 log = logging.getLogger("dist_optical.compare")
 
 RESULT = "result.json"
+# Seconds of each invocation that trained the run (more than one when a signal stopped it).
+PIECES = "train_pieces.json"
 # Diagnostics are averaged over the last steps: one step's batch of 16 is a noisy estimate.
 TAIL_STEPS = 10
 DIAGNOSTICS = (
@@ -288,10 +290,9 @@ def run_one(
     evaluate = evaluator.get()
     if key.trains:
         from dist_optical.models.encoder import Encoder
-        from dist_optical.train import train
 
-        summary = train(cfg, run_dir, resume="auto", stop=stop)
-        record["train_wall_s"] = time.perf_counter() - t0
+        summary, pieces = train_in_pieces(cfg, run_dir, stop, t0)
+        record["train_wall_s"], record["train_pieces_s"] = sum(pieces), pieces
         model = Encoder.for_eval(summary["model"], cfg)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
@@ -308,10 +309,32 @@ def run_one(
     record["results"] = results  # protocol -> set -> direction -> metric
     record["ranks"] = ranks  # protocol -> set -> direction -> gold rank per query: the paired bootstrap
     write_json(result_path, record, "a run's result")  # last: from here on the run counts as finished
+    (run_dir / PIECES).unlink(missing_ok=True)  # in the record now; a run redone starts from none
     if key.trains and not keep_models:  # ~400 MB a run; the numbers are in result.json
         for name in ("checkpoints", "model"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     return record, False
+
+
+def train_in_pieces(
+    cfg: Config, run_dir: Path, stop: StopRequest | None, started: float
+) -> tuple[dict[str, Any], list[float]]:
+    """Train (resuming the run's checkpoint, if any) -> (train's summary, the seconds of every
+    invocation whose work the checkpoints keep). A run stopped by a signal resumes next time and its
+    minutes add up; a crash's lost steps do not count. The pieces stay in the run folder until its
+    result.json is written: an evaluation cut short does not lose them."""
+    from dist_optical.train import train
+
+    path = run_dir / PIECES
+    pieces = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    try:
+        summary = train(cfg, run_dir, resume="auto", stop=stop)
+    except Preempted:
+        write_json(path, [*pieces, time.perf_counter() - started], "a stopped run's training time")
+        raise
+    pieces.append(time.perf_counter() - started)
+    write_json(path, pieces, "a run's training time")
+    return summary, pieces
 
 
 def _finished(run_dir: Path, digest: str) -> dict[str, Any] | None:

@@ -135,7 +135,7 @@ def prune(ckpt_dir: Path, keep_last: int, keep: set[str]) -> None:
 # What runs write into a run folder (train, run, submit, compare); anything else is someone's files.
 RUN_ENTRIES = frozenset(
     {"config.yaml", "metrics.jsonl", "checkpoints", "tb", "vocab.json", "model", "locks", "eval.json",
-     "result.json", "submitit"}
+     "result.json", "train_pieces.json", "submitit"}
 )  # fmt: skip
 
 
