@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
-        "run", help="the main job: shard (if needed), eval zero-shot, train, eval, print table"
+        "run", help="the main job: eval zero-shot, shard (if needed), train, eval, print table"
     )
     _config_args(run)
     run.add_argument(
