@@ -57,19 +57,27 @@ def read_yaml(path: Path, cls: type, seen: tuple[Path, ...] = ()) -> dict[str, A
         raise ConfigError(f"--config {path}: is a folder; expected a YAML file (configs/default.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-    raw = loaded or {}
+    raw = yaml_mapping(path)
     if "base" not in raw:
         return raw
     base = path.parent / str(raw.pop("base"))
     if base.resolve() in seen:
         raise ConfigError(f"{path}: base {base} includes itself")
     return merged(read_yaml(base, cls, (*seen, path.resolve())), raw, cls)
+
+
+def yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of the YAML file ``path`` ({} when empty); a ConfigError naming the file
+    when it is not UTF-8, not YAML or not a mapping."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); expected a YAML file") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def merged(base: dict[str, Any], over: dict[str, Any], cls: type) -> dict[str, Any]:

@@ -290,6 +290,35 @@ def test_a_signal_checkpoints_the_run_in_training_and_the_same_command_resumes_i
     assert "(2 pieces)" in (out / "report.md").read_text()
 
 
+def test_a_report_over_a_grid_with_no_finished_run_leaves_that_grid_out(compared, tmp_path, monkeypatch):
+    """The report after the first run (zero-shot) of a spec with a grid that has no zero-shot row
+    (compare-minilm.yaml's `ideas`): that grid has nothing to show yet, so it has no section and no
+    plot; before, the report crashed on it and the grid stopped after its first run."""
+    from dist_optical.compare import runner
+    from dist_optical.files import write_json
+
+    spec, inline = compared
+    made = {run["folder"]: run for run in json.loads((inline / "results.json").read_text())["runs"]}
+    with_ideas = tmp_path / "spec.yaml"
+    with_ideas.write_text(
+        spec.read_text() + "  ideas: {languages: [swh], objectives: [ot], seeds: [0]}\n", encoding="utf-8"
+    )
+
+    def run_one(key, cfg, run_dir, evaluator, keep_models, stop=None):
+        if key.trains:
+            raise RuntimeError("the machine was taken back")
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "result.json", made[key.folder()])
+        return made[key.folder()], False
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    with pytest.raises(RuntimeError, match="taken back"):
+        runner.run_compare(with_ideas, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Grid `main`" in report and "## Grid `ideas`" not in report
+    assert (tmp_path / "out" / "main.png").is_file() and not (tmp_path / "out" / "ideas.png").exists()
+
+
 def test_a_cluster_submits_no_published_run(compared, tmp_path):
     """--cluster with the --publish folder of a finished grid: its runs count as finished there too,
     so nothing is submitted (not trained again) and the report is written."""

@@ -110,6 +110,11 @@ def test_a_grid_run_in_pieces_has_every_objective_of_seed_0_first():
         (("objectives: [zero-shot, ot, infonce]", "objectives: [zero-shot, otto]"), "objective 'otto'"),
         (("languages: [swh]", "languages: [zul]"), "language 'zul' is not defined"),
         (("grids:", "keep: 1\ngrids:"), "unknown key 'keep'"),
+        (("  main: {", "  headline: {"), r"grids.headline: expected a name .* report's own files"),
+        (("infonce: {loss:", "info/nce: {loss:"), r"objectives.info/nce: expected a name of letters"),
+        (("seeds: [0, 1]", "seeds: []"), r"grids.main.seeds: expected at least one entry"),
+        (("grids:", "grids: [\n"), "not valid YAML"),
+        (("grids:", "grids:\n  low: {languages: [swh], objectives: [ot], pairs: [99]}"), r"\[0, 99\]"),
     ],
 )
 def test_spec_errors_name_the_key(tmp_path, change, message):

@@ -43,19 +43,21 @@ def _save(plt, fig, path: Path) -> Path:
 
 def plot_grid(
     name: str, grid: Any, spec: Spec, summary: dict[str, Any], kinds: dict[str, dict[str, str]], out: Path
-) -> Path:
+) -> Path | None:
     """Bars per objective (one budget) or headline metric vs training pairs (several; zero-shot as a
-    dashed line), error bars = std; one panel per (language, eval set)."""
+    dashed line), error bars = std; one panel per (language with a finished run of the grid, eval
+    set); None when the grid has none yet."""
+    panels = [(lang, s) for lang in spec.grid_languages(grid, summary) for s in kinds[lang]]
+    if not panels:
+        return None
     plt = _pyplot()
-    panels = [(lang, s) for lang in grid.languages if lang in summary for s in kinds[lang]]
     fig, axes = _panels(plt, len(panels))
     for ax, (language, s) in zip(axes, panels, strict=True):
         metric = headline(kinds[language][s])
         rows = summary[language]
 
         def row(objective: str, pairs: int, rows: dict[str, Any] = rows) -> dict[str, Any] | None:
-            trained = spec.objectives[objective] is not None
-            return rows.get(row_name(objective, pairs if trained else 0))
+            return rows.get(spec.row(objective, pairs))
 
         if len(grid.pairs) == 1:
             names = [o for o in grid.objectives if row(o, grid.pairs[0]) is not None]
@@ -153,9 +155,9 @@ def learning_curves(records: list[dict[str, Any]]) -> dict[str, Any]:
         for name, values in curve["acc@1"].items():
             origin = start["results"][PROTOCOL][name][DIRECTION]["acc@1"]
             series = out.setdefault(record["language"], {}).setdefault(name, {})
-            entry = series.setdefault(
-                record["objective"], {"pairs": [0, *curve["pairs"]], "train_s": [], "acc": []}
-            )
+            # An objective trained at several budgets (a pairs grid) has a curve per budget.
+            label = row_name(record["objective"], record["pairs"]) if record["pairs"] else record["objective"]
+            entry = series.setdefault(label, {"pairs": [0, *curve["pairs"]], "train_s": [], "acc": []})
             entry["train_s"].append([0.0, *curve["train_s"]])
             entry["acc"].append([origin, *values])
     return out

@@ -84,6 +84,8 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
     lines += verdict_lines(results.get("verdicts", {}), spec)
     lines += [f"![{p.stem}]({p.name})" for p in extra] + [""]
     for (name, grid), plot in zip(spec.grids.items(), plots, strict=True):
+        if plot is None:  # none of its runs finished yet
+            continue
         lines += [f"## Grid `{name}`", ""]
         lines += [
             f"Seeds {grid.seeds}; training-pair budgets {[p or 'all' for p in grid.pairs]}. Cells: "
@@ -91,16 +93,11 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
             "%, mean ± sample std over the n seeds; the best mean per column in bold.",
             "",
         ]
-        for language in (lang for lang in spec.languages if lang in grid.languages and lang in summary):
-            rows = [
-                row_name(objective, pairs if spec.objectives[objective] is not None else 0)
-                for objective in grid.objectives
-                for pairs in (grid.pairs if spec.objectives[objective] is not None else [0])
-            ]
+        for language in spec.grid_languages(grid, summary):
             lines += [
                 f"### {language}",
                 "",
-                *_table(summary[language], list(dict.fromkeys(rows)), kinds[language]),
+                *_table(summary[language], spec.grid_rows(grid), kinds[language]),
                 "",
             ]
         lines += [f"![{name}]({plot.name})", ""]
@@ -108,7 +105,7 @@ def write_report(results: dict[str, Any], spec: Spec, out: Path) -> list[Path]:
     lines += _runs(results["runs"])
     report = out / "report.md"
     atomic_write(report, "\n".join(lines))
-    return [report, *plots, *extra]
+    return [report, *(p for p in plots if p is not None), *extra]
 
 
 def fixed_line(spec: Spec, spec_name: str) -> str:
@@ -285,12 +282,12 @@ def _reading(summary: dict[str, Any], spec: Spec, kinds: dict[str, dict[str, str
     for name, grid in spec.grids.items():
         if len(grid.pairs) != 1:
             continue
-        for language in (lang for lang in spec.languages if lang in grid.languages and lang in summary):
-            rows = {}
-            for objective in grid.objectives:  # zero-shot rows exist at "all pairs" only
-                pairs = grid.pairs[0] if spec.objectives[objective] is not None else 0
-                if row_name(objective, pairs) in summary[language]:
-                    rows[objective] = summary[language][row_name(objective, pairs)]
+        for language in spec.grid_languages(grid, summary):
+            rows = {
+                o: summary[language][spec.row(o, grid.pairs[0])]
+                for o in grid.objectives
+                if spec.row(o, grid.pairs[0]) in summary[language]
+            }
             if len(rows) < 2:
                 continue
             for s, kind in kinds[language].items():

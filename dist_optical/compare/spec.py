@@ -10,18 +10,21 @@ is an error that names the spec entry and the key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dist_optical.config import Config, ConfigError, repo_path, validate
-from dist_optical.typed_yaml import build, merged, read_yaml
+from dist_optical.typed_yaml import build, merged, read_yaml, yaml_mapping
 
 # The objective that trains nothing: the teacher itself encodes the foreign queries.
 ZERO_SHOT = None
 TOP_KEYS = ("base", "overrides", "languages", "objectives", "grids", "keep_models")
+# Language, objective and grid names become folder and file names under --out.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# The report's own files beside each grid's plot (GRID.png).
+RESERVED_GRID_NAMES = frozenset({"headline", "curves", "report", "results"})
 
 
 @dataclass
@@ -75,6 +78,24 @@ class Spec:
         layers = [self.overrides, self.languages[key.language], self.objectives[key.objective] or {}, run]
         return self._build(layers, f"objectives.{key.objective} for {key.language}")
 
+    def row(self, objective: str, pairs: int) -> str:
+        """The report row of ``objective`` at the budget ``pairs``; zero-shot has one row, at 0."""
+        return row_name(objective, 0 if self.objectives[objective] is ZERO_SHOT else pairs)
+
+    def grid_rows(self, grid: Grid) -> list[str]:
+        """The grid's report rows, in its order."""
+        return list(dict.fromkeys(self.row(o, pairs) for o in grid.objectives for pairs in grid.pairs))
+
+    def grid_languages(self, grid: Grid, summary: dict[str, dict[str, Any]]) -> list[str]:
+        """The grid's languages (in the spec's order) with a finished row of it in ``summary``
+        (language -> row -> ...): a grid stopped early shows only what it has."""
+        rows = self.grid_rows(grid)
+        return [
+            lang
+            for lang in self.languages
+            if lang in grid.languages and any(row in summary.get(lang, {}) for row in rows)
+        ]
+
     def _build(self, layers: list[dict[str, Any]], where: str) -> Config:
         raw = read_yaml(repo_path(self.base), Config)  # the base's own `base:` chain included
         for layer in layers:
@@ -89,9 +110,7 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"compare spec not found: {path}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = yaml_mapping(path)
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
@@ -118,7 +137,18 @@ def load_spec(path: str | Path) -> Spec:
     )
     if not repo_path(spec.base).is_file():
         raise ConfigError(f"{path}: base config {spec.base!r} not found")
+    named = {"languages": spec.languages, "objectives": spec.objectives, "grids": spec.grids}
+    for kind, names in named.items():
+        for name in names:  # each becomes a folder or file name under --out
+            if not NAME.fullmatch(name) or (kind == "grids" and name in RESERVED_GRID_NAMES):
+                raise ConfigError(
+                    f"{path}: {kind}.{name}: expected a name of letters, digits and _.+- (no '/'), "
+                    f"not one of the report's own files ({', '.join(sorted(RESERVED_GRID_NAMES))})"
+                )
     for name, grid in spec.grids.items():
+        empty = [f for f in ("languages", "objectives", "seeds", "pairs") if not getattr(grid, f)]
+        if empty:
+            raise ConfigError(f"{path}: grids.{name}.{empty[0]}: expected at least one entry, got []")
         for kind, names, known in (
             ("language", grid.languages, spec.languages),
             ("objective", grid.objectives, spec.objectives),
@@ -128,6 +158,18 @@ def load_spec(path: str | Path) -> Spec:
                 raise ConfigError(f"{path}: grids.{name}: {kind} {missing[0]!r} is not defined")
         if any(seed < 0 for seed in grid.seeds) or any(pairs < 0 for pairs in grid.pairs):
             raise ConfigError(f"{path}: grids.{name}: seeds and pairs must be >= 0")
+    budgets: dict[str, set[int]] = {}  # the verdicts pool an objective's runs of single-budget grids
+    for grid in spec.grids.values():
+        for objective in grid.objectives if len(grid.pairs) == 1 else []:
+            if spec.objectives[objective] is not ZERO_SHOT:
+                budgets.setdefault(objective, set()).add(grid.pairs[0])
+    for objective, pairs in budgets.items():
+        if len(pairs) > 1:
+            raise ConfigError(
+                f"{path}: objective {objective!r} is in single-budget grids at budgets {sorted(pairs)}: its "
+                "runs would be judged as one; give it one budget (a curve over budgets is one grid with "
+                "several pairs)"
+            )
     return spec
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dist_optical.compare.plots import headline_tests
-from dist_optical.compare.spec import DIRECTION, DIRECTIONS, PROTOCOL, PROTOCOLS, Spec
+from dist_optical.compare.spec import DIRECTION, DIRECTIONS, PROTOCOL, PROTOCOLS, ZERO_SHOT, Spec
 from dist_optical.compare.stats import MARGIN, RESAMPLES, correct_at_1, paired_bootstrap, verdict
 
 REFERENCES = ("infonce", "zero-shot")  # what every objective is measured against, when in the grid
@@ -21,7 +21,7 @@ def significance(records: list[dict[str, Any]], spec: Spec) -> dict[str, Any]:
     training-pair budget, so grids that split the objectives (three seeds for some, one for others)
     are judged against one reference with all its seeds."""
     cells = {  # (language, objective, pairs) of every single-budget grid
-        (language, objective, grid.pairs[0] if spec.objectives[objective] is not None else 0)
+        (language, objective, 0 if spec.objectives[objective] is ZERO_SHOT else grid.pairs[0])
         for grid in spec.grids.values()
         if len(grid.pairs) == 1
         for language in grid.languages
