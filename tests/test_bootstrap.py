@@ -72,7 +72,10 @@ def test_a_small_sample_is_undecided_and_says_how_many_queries_would_decide():
     result = verdict(test)
     assert result["kind"] == "undecided"
     assert result["needed"] == queries_needed(test["diff"], test["sd"]) > 200
-    assert f"~{result['needed']:,} queries" in result["text"]
+    assert (
+        f"~{result['needed'] - 200:,} more queries at this variance ({result['needed']:,} in all)"
+        in result["text"]
+    )
 
 
 def test_a_clear_difference_is_better_or_worse_by_its_interval():

@@ -12,16 +12,17 @@ import sys
 
 import pytest
 from helpers import cli_env, read_metrics, resumed_steps, wait_for_steps
-from test_compare_spec import SPEC
+from test_compare_spec import SPEC, write_spec
 
 from dist_optical.compare.plots import headline_panels
 from dist_optical.compare.report import fmt
-from dist_optical.compare.runner import check_split
-from dist_optical.compare.spec import headline, load_spec, row_name
-from dist_optical.config import REPO_ROOT, load_config
+from dist_optical.compare.runner import check_split, checked_plan, import_records, run_compare
+from dist_optical.compare.spec import headline, load_spec, plan, row_name
+from dist_optical.config import REPO_ROOT, config_hash, load_config
 from dist_optical.data.prepare import shard_folder
 from dist_optical.data.shards import load_manifest
 from dist_optical.errors import UserError
+from dist_optical.files import write_json
 
 
 def compare(spec, out, *options: str) -> subprocess.CompletedProcess:
@@ -44,6 +45,25 @@ def compared(tmp_path_factory):
     spec.write_text(SPEC, encoding="utf-8")
     compare(spec, root / "out")
     return spec, root / "out"
+
+
+def replay_until(inline, monkeypatch, fails) -> dict[str, dict]:
+    """compare's runs replayed from the `compared` grid's records (no training) until the first run
+    ``fails(key)`` names, which raises as a machine taken back would -> the records by folder."""
+    from dist_optical.compare import runner
+    from dist_optical.files import write_json
+
+    made = {run["folder"]: run for run in json.loads((inline / "results.json").read_text())["runs"]}
+
+    def run_one(key, cfg, run_dir, evaluator, keep_models, stop=None):
+        if fails(key):
+            raise RuntimeError("the machine was taken back")
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "result.json", made[key.folder()])
+        return made[key.folder()], False
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    return made
 
 
 def swh_bitext(compared):
@@ -230,22 +250,10 @@ def test_a_grid_carried_to_a_fresh_folder_reuses_published_runs_and_stops_on_tim
 def test_a_grid_that_dies_midway_has_published_every_run_it_finished(compared, tmp_path, monkeypatch):
     """The report is rewritten after every run: here the last run fails (a machine taken back), and
     the published folder already holds the four runs before it."""
-    from dist_optical.compare import runner
-    from dist_optical.files import write_json
-
     spec, inline = compared
-    made = {run["folder"]: run for run in json.loads((inline / "results.json").read_text())["runs"]}
-
-    def run_one(key, cfg, run_dir, evaluator, keep_models, stop=None):  # the runs' records, no training
-        if key.folder() == "swh/infonce/pairs-all/seed1":
-            raise RuntimeError("the machine was taken back")
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / "result.json", made[key.folder()])
-        return made[key.folder()], False
-
-    monkeypatch.setattr(runner, "run_one", run_one)
+    made = replay_until(inline, monkeypatch, lambda key: key.folder() == "swh/infonce/pairs-all/seed1")
     with pytest.raises(RuntimeError, match="taken back"):
-        runner.run_compare(spec, tmp_path / "out", publish=tmp_path / "published")
+        run_compare(spec, tmp_path / "out", publish=tmp_path / "published")
     published = json.loads((tmp_path / "published" / "results.json").read_text())
     assert [run["folder"] for run in published["runs"]] == [
         f for f in made if f != "swh/infonce/pairs-all/seed1"
@@ -276,7 +284,7 @@ def test_a_signal_checkpoints_the_run_in_training_and_the_same_command_resumes_i
     assert "checkpointed at step" in stderr and "run the same command again" in stderr
     stopped_at = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
     assert 3 <= stopped_at < 120 and not (run_dir / "result.json").exists()
-    (first_piece,) = json.loads((run_dir / "train_pieces.json").read_text())
+    (first_piece,) = json.loads((run_dir / "train_pieces.json").read_text())["seconds"]
 
     resumed = compare(spec, out)
     assert resumed_steps(resumed.stderr) == [stopped_at]
@@ -294,29 +302,56 @@ def test_a_report_over_a_grid_with_no_finished_run_leaves_that_grid_out(compared
     """The report after the first run (zero-shot) of a spec with a grid that has no zero-shot row
     (compare-minilm.yaml's `ideas`): that grid has nothing to show yet, so it has no section and no
     plot; before, the report crashed on it and the grid stopped after its first run."""
-    from dist_optical.compare import runner
-    from dist_optical.files import write_json
-
     spec, inline = compared
-    made = {run["folder"]: run for run in json.loads((inline / "results.json").read_text())["runs"]}
     with_ideas = tmp_path / "spec.yaml"
     with_ideas.write_text(
         spec.read_text() + "  ideas: {languages: [swh], objectives: [ot], seeds: [0]}\n", encoding="utf-8"
     )
-
-    def run_one(key, cfg, run_dir, evaluator, keep_models, stop=None):
-        if key.trains:
-            raise RuntimeError("the machine was taken back")
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / "result.json", made[key.folder()])
-        return made[key.folder()], False
-
-    monkeypatch.setattr(runner, "run_one", run_one)
+    replay_until(inline, monkeypatch, lambda key: key.trains)
     with pytest.raises(RuntimeError, match="taken back"):
-        runner.run_compare(with_ideas, tmp_path / "out")
+        run_compare(with_ideas, tmp_path / "out")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Grid `main`" in report and "## Grid `ideas`" not in report
     assert (tmp_path / "out" / "main.png").is_file() and not (tmp_path / "out" / "ideas.png").exists()
+
+
+def test_a_stopped_run_whose_config_changed_is_moved_aside_not_resumed(tmp_path, monkeypatch):
+    """A run stopped mid-training (its note names the config it was started from) whose spec entry
+    changed since: compare keeps its folder beside and starts the run again; it never resumes
+    another config's checkpoint under the new config's name."""
+    from dist_optical.compare import runner
+
+    spec = load_spec(write_spec(tmp_path, SPEC))
+    key = next(k for k in plan(spec) if k.trains)
+    run_dir = tmp_path / "out" / "runs" / key.folder()
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_json(run_dir / "train_pieces.json", {"config_hash": "another", "seconds": [5.0]})
+
+    def training(*args):
+        raise RuntimeError("training starts")
+
+    monkeypatch.setattr(runner, "train_in_pieces", training)
+    with pytest.raises(RuntimeError, match="training starts"):
+        runner.run_one(key, spec.run_config(key), run_dir, evaluator=None, keep_models=False)
+    (aside,) = run_dir.parent.glob(f"{run_dir.name}.replaced-*")
+    assert json.loads((aside / "train_pieces.json").read_text())["config_hash"] == "another"
+    assert (aside / "checkpoints").is_dir() and list(run_dir.iterdir()) == []
+
+
+def test_a_reused_result_moves_a_half_trained_folder_aside(tmp_path):
+    """--reuse/--publish: a published finished run replaces a half-trained folder of that run here,
+    which is kept beside (its checkpoints are not deleted, nor left in the finished run)."""
+    spec, keys, configs = checked_plan(write_spec(tmp_path, SPEC))
+    key = next(k for k in keys if k.trains)
+    run_dir = tmp_path / "out" / "runs" / key.folder()
+    (run_dir / "checkpoints").mkdir(parents=True)
+    record = {"folder": key.folder(), "config_hash": config_hash(configs[key]), "made": "there"}
+    write_json(tmp_path / "results.json", {"runs": [record]})
+    import_records(tmp_path / "results.json", tmp_path / "out", keys, configs)
+    assert json.loads((run_dir / "result.json").read_text())["made"] == "there"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]
+    (aside,) = run_dir.parent.glob(f"{run_dir.name}.replaced-*")
+    assert (aside / "checkpoints").is_dir()
 
 
 def test_a_cluster_submits_no_published_run(compared, tmp_path):

@@ -114,6 +114,7 @@ def test_a_grid_run_in_pieces_has_every_objective_of_seed_0_first():
         (("infonce: {loss:", "info/nce: {loss:"), r"objectives.info/nce: expected a name of letters"),
         (("seeds: [0, 1]", "seeds: []"), r"grids.main.seeds: expected at least one entry"),
         (("grids:", "grids: [\n"), "not valid YAML"),
+        (("ot: {loss: {ot: 1.0}}", "ot: {loss: {ot: 1.0}, data: {exclude_books: []}}"), "changes data"),
         (("grids:", "grids:\n  low: {languages: [swh], objectives: [ot], pairs: [99]}"), r"\[0, 99\]"),
     ],
 )

@@ -15,7 +15,14 @@ from typing import Any
 
 import submitit
 
-from dist_optical.compare.runner import checked_plan, import_records, run_compare, run_folder, unfinished
+from dist_optical.compare.runner import (
+    check_split,
+    checked_plan,
+    import_records,
+    run_compare,
+    run_folder,
+    unfinished,
+)
 from dist_optical.engine.signals import StopRequest
 from dist_optical.launch.cluster import resolve_cluster
 from dist_optical.launch.job import Job
@@ -56,11 +63,13 @@ def submit_runs(
     check_resources(cluster, resources)
     if not todo:
         return []
+    for language in dict.fromkeys(key.language for key in todo):  # a leak found before the jobs run
+        check_split(language, spec.language_config(language))
     executor = make_executor(
         out / "submitit" / "%j", cluster, resources, max_requeues, f"dist-optical-compare-{out.name}"
     )
     with executor.batch():  # one submission, a job array on SLURM
-        jobs = [executor.submit(CompareRunJob(spec.path, out, key.folder())) for key in todo]
+        jobs = [executor.submit(CompareRunJob(spec.path.resolve(), out, key.folder())) for key in todo]
     return [(job, key.folder()) for job, key in zip(jobs, todo, strict=True)]
 
 

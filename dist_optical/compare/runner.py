@@ -23,6 +23,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ from dist_optical.files import atomic_write, write_json
 log = logging.getLogger("dist_optical.compare")
 
 RESULT = "result.json"
-# Seconds of each invocation that trained the run (more than one when a signal stopped it).
+# An unfinished run's config hash and the seconds of each invocation that trained it (more than one
+# when a signal stopped it).
 PIECES = "train_pieces.json"
 # Diagnostics are averaged over the last steps: one step's batch of 16 is a noisy estimate.
 TAIL_STEPS = 10
@@ -171,6 +173,8 @@ def import_records(path: Path, out: Path, keys: list[RunKey], configs: dict[RunK
         record, run_dir = records.get(key.folder()), out / "runs" / key.folder()
         digest = config_hash(configs[key])
         if record and record.get("config_hash") == digest and _finished(run_dir, digest) is None:
+            if run_dir.is_dir() and any(run_dir.iterdir()):  # another config's run, or one half-trained
+                move_aside(run_dir, "is replaced by the reused finished run", "run", "replaced")
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RESULT, record, "a reused compare result")
             imported += 1
@@ -211,6 +215,16 @@ def check_configs(spec: Spec, configs: dict[RunKey, Config]) -> None:
                 )
         if not cfg.eval.sets:
             raise ConfigError(f"{spec.path}: languages.{key.language}: eval.sets is empty")
+        # The training pairs compare checks against the held-out verses (check_split), and the dev
+        # sets the verdicts leave out, are the language's: an objective may not change them.
+        if replace(cfg.data, max_pairs=0) != replace(reference.data, max_pairs=0) or (
+            cfg.train.dev_sets != reference.train.dev_sets
+        ):
+            raise ConfigError(
+                f"{spec.path}: objectives.{key.objective} changes data or train.dev_sets for {key.language}: "
+                "every run of a language trains on the split compare checks and is judged alike (set them "
+                "in overrides or languages instead)"
+            )
 
 
 def check_split(language: str, cfg: Config) -> dict[str, Any]:
@@ -276,6 +290,8 @@ def run_one(
         return record, True
     if result_path.is_file():  # finished with another config: kept beside, then run again
         move_aside(run_dir, "was made from another config; running it again", "finished run", "replaced")
+    elif _pieces(run_dir).get("config_hash", digest) != digest:  # stopped, then its config changed
+        move_aside(run_dir, "was started from another config; starting again", "unfinished run", "replaced")
     run_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "language": key.language,
@@ -285,22 +301,22 @@ def run_one(
         "folder": key.folder(),
         "config_hash": digest,
     }
-    t0 = time.perf_counter()
     ranks: dict[str, dict] = {protocol: {} for protocol in PROTOCOLS}
-    evaluate = evaluator.get()
     if key.trains:
         from dist_optical.models.encoder import Encoder
 
-        summary, pieces = train_in_pieces(cfg, run_dir, stop, t0)
+        summary, pieces = train_in_pieces(cfg, run_dir, stop, digest)
         record["train_wall_s"], record["train_pieces_s"] = sum(pieces), pieces
+        t0 = time.perf_counter()  # evaluation from here: the teacher and its index built after training
+        evaluate = evaluator.get()
         model = Encoder.for_eval(summary["model"], cfg)
         record.update(training_record(cfg, summary["steps"], run_dir / "metrics.jsonl"))
-        t0 = time.perf_counter()
         results = {
             "idx": evaluate(model, ranks=ranks["idx"]),
             "alone": evaluate(model, target_model=model, ranks=ranks["alone"]),
         }
     else:  # the teacher against its own index is the teacher alone: one evaluation serves both
+        t0, evaluate = time.perf_counter(), evaluator.get()
         idx = evaluate(evaluate.teacher, ranks=ranks["idx"])
         results, ranks["alone"] = {"idx": idx, "alone": idx}, ranks["idx"]
     record["eval_wall_s"] = time.perf_counter() - t0
@@ -317,24 +333,34 @@ def run_one(
 
 
 def train_in_pieces(
-    cfg: Config, run_dir: Path, stop: StopRequest | None, started: float
+    cfg: Config, run_dir: Path, stop: StopRequest | None, digest: str
 ) -> tuple[dict[str, Any], list[float]]:
     """Train (resuming the run's checkpoint, if any) -> (train's summary, the seconds of every
-    invocation whose work the checkpoints keep). A run stopped by a signal resumes next time and its
-    minutes add up; a crash's lost steps do not count. The pieces stay in the run folder until its
-    result.json is written: an evaluation cut short does not lose them."""
+    invocation whose work the checkpoints keep). PIECES notes them with the config's hash from the
+    start: a run stopped by a signal resumes next time and its minutes add up, or is moved aside if
+    its config changed meanwhile. A crash's unsaved steps do not count. The note stays in the run
+    folder until result.json is written: an evaluation cut short does not lose it."""
     from dist_optical.train import train
 
-    path = run_dir / PIECES
-    pieces = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    def note(seconds: list[float]) -> None:
+        write_json(run_dir / PIECES, {"config_hash": digest, "seconds": seconds}, "a run's training time")
+
+    started, pieces = time.perf_counter(), _pieces(run_dir).get("seconds", [])
+    note(pieces)
     try:
         summary = train(cfg, run_dir, resume="auto", stop=stop)
     except Preempted:
-        write_json(path, [*pieces, time.perf_counter() - started], "a stopped run's training time")
+        note([*pieces, time.perf_counter() - started])
         raise
     pieces.append(time.perf_counter() - started)
-    write_json(path, pieces, "a run's training time")
+    note(pieces)
     return summary, pieces
+
+
+def _pieces(run_dir: Path) -> dict[str, Any]:
+    """The run folder's PIECES note ({} when there is none)."""
+    path = run_dir / PIECES
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _finished(run_dir: Path, digest: str) -> dict[str, Any] | None:

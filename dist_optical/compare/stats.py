@@ -88,6 +88,10 @@ def verdict(test: dict[str, float], margin: float = MARGIN) -> dict[str, object]
         return {**judged, "kind": "equivalent", "text": text}
     needed = queries_needed(test["diff"], test["sd"], margin)
     needed = needed and max(needed, test["queries"] + 1)  # the bootstrap, not the normal law, decides
-    more = f"~{needed:,} queries at this variance (has {test['queries']:,})" if needed else "more seeds"
+    more = (
+        f"~{needed - test['queries']:,} more queries at this variance ({needed:,} in all)"
+        if needed
+        else "more seeds"
+    )
     text = f"undecided: {test['diff']:+.1f} {interval}; would need {more}"
     return {**judged, "kind": "undecided", "text": text, "needed": needed}
