@@ -1,8 +1,8 @@
 """Aggregate comparison runs over seeds and write report.md (the plots: compare/plots.py; the
 statistics and verdicts: compare/verdicts.py).
 
-Every number in report.md is read from the summary that results.json also holds (rounded to one
-decimal), so the two cannot disagree. The headline metric of a set is acc@1 (parallel and bible
+Every number in report.md is read from results.json (its summary, significance, verdicts and runs;
+rounded to one decimal), so the two cannot disagree. The headline metric of a set is acc@1 (parallel and bible
 sets: the XTREME/LASER metric) or nDCG@10 (clir), foreign queries -> pivot (English or French)
 targets through the teacher's index.
 """
@@ -291,11 +291,11 @@ def _reading(summary: dict[str, Any], spec: Spec, kinds: dict[str, dict[str, str
             if len(rows) < 2:
                 continue
             for s, kind in kinds[language].items():
-                lines.append(f"- `{name}` {language} / {s}: " + _verdict(rows, s, headline(kind)))
+                lines.append(f"- `{name}` {language} / {s}: " + _lead(rows, s, headline(kind)))
     return [*lines, ""]
 
 
-def _verdict(rows: dict[str, Any], eval_set: str, metric: str) -> str:
+def _lead(rows: dict[str, Any], eval_set: str, metric: str) -> str:
     """'best X m ± s, then Y m ± s: lead d, within seed noise' for one eval set."""
     value = {o: row["metrics"][PROTOCOL][eval_set][DIRECTION][metric] for o, row in rows.items()}
     top, second = sorted(value, key=lambda o: value[o]["mean"], reverse=True)[:2]

@@ -175,9 +175,10 @@ def load_spec(path: str | Path) -> Spec:
 
 def plan(spec: Spec) -> list[RunKey]:
     """Every distinct run of every grid, zero-shot first, then seed by seed (each seed: language by
-    language, in the spec's objective order): a grid run in pieces has every objective of seed 0
-    before any second seed. A run named by two grids is planned (and trained) once. Runs only a grid
-    ``added_later`` names come last: an afterthought never delays what was fixed before."""
+    language, objectives in the order the grids first name them): a grid run in pieces has every
+    objective of seed 0 before any second seed. A run named by two grids is planned (and trained)
+    once. Runs only a grid ``added_later`` names come last: an afterthought never delays what was
+    fixed before."""
     keys: dict[RunKey, bool] = {}  # run -> named only by grids added later
     for language in spec.languages:
         for grid in spec.grids.values():
