@@ -284,9 +284,9 @@ def _reading(summary: dict[str, Any], spec: Spec, kinds: dict[str, dict[str, str
             continue
         for language in spec.grid_languages(grid, summary):
             rows = {
-                o: summary[language][spec.row(o, grid.pairs[0])]
+                o: summary[language][row]
                 for o in grid.objectives
-                if spec.row(o, grid.pairs[0]) in summary[language]
+                if (row := spec.row(o, grid.pairs[0])) in summary[language]
             }
             if len(rows) < 2:
                 continue
